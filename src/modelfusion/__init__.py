@@ -1,0 +1,49 @@
+"""modelfusion: one prompt, a panel of LLMs in parallel, one fused answer."""
+
+from .config import Config, load_config
+from .errors import (
+    AllMembersFailed,
+    ConfigError,
+    FusionError,
+    MissingKeyError,
+    OfflineError,
+    ProviderError,
+    RunError,
+    UsageError,
+)
+from .fusion import Fusion, FusionOptions, ProviderPool
+from .types import (
+    Completion,
+    FusionEvent,
+    FusionResult,
+    GenerationParams,
+    JudgeResult,
+    MemberResult,
+    Message,
+    Usage,
+)
+
+__all__ = [
+    "AllMembersFailed",
+    "Completion",
+    "Config",
+    "ConfigError",
+    "Fusion",
+    "FusionError",
+    "FusionEvent",
+    "FusionOptions",
+    "FusionResult",
+    "GenerationParams",
+    "JudgeResult",
+    "MemberResult",
+    "Message",
+    "MissingKeyError",
+    "OfflineError",
+    "ProviderError",
+    "ProviderPool",
+    "RunError",
+    "Usage",
+    "UsageError",
+    "load_config",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,190 @@
+"""The `fusion` command. Parses flags, builds a Fusion, renders its events. No dispatch here."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markdown import Markdown
+from rich.panel import Panel as RichPanel
+from rich.table import Table
+
+from .config import load_config
+from .errors import AllMembersFailed, FusionError, UsageError
+from .fusion import Fusion
+from .modes import MODES
+from .progress import LiveProgress
+from .types import FusionResult
+
+app = typer.Typer(
+    help="One prompt, a panel of LLMs in parallel, one fused answer.\n\n"
+    "Models are written provider:model (openai:gpt-4o-mini, openrouter:meta-llama/llama-3.3-70b-"
+    "instruct, ollama:qwen2.5-coder, local:qwen2.5-coder-1.5b). With no -m and no --preset, "
+    "the default preset runs: embedded local models, no API key, nothing leaves the machine.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handle_errors(fn: F) -> F:
+    """A user's mistake is one line and exit 2; a failed fusion is one line and exit 1."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UsageError as e:
+            err.print(f"[red]error:[/red] {e}", highlight=False)
+            raise typer.Exit(2) from None
+        except FusionError as e:
+            err.print(f"[red]fusion failed ({e.code}):[/red] {e}", highlight=False)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _read_prompt(prompt: str | None) -> str:
+    if prompt is None or prompt == "-":
+        if sys.stdin is None or sys.stdin.isatty():
+            raise UsageError('no prompt: fusion ask "your question" (or pipe it: echo ... | '
+                             "fusion ask -)")
+        prompt = sys.stdin.read()
+    if not prompt.strip():
+        raise UsageError("the prompt is empty")
+    return prompt
+
+
+@app.command()
+@handle_errors
+def ask(
+    prompt: Annotated[str | None, typer.Argument(help="The prompt; '-' or omit to read stdin.")]
+    = None,
+    model: Annotated[list[str] | None, typer.Option(
+        "-m", "--model", help="Panel member provider:model; repeat it. model*3 samples 3 times.")]
+    = None,
+    judge: Annotated[str | None, typer.Option(help="Judge provider:model (default: the "
+                                              "preset's judge, else the first member).")] = None,
+    mode: Annotated[str | None, typer.Option(help=f"How to fuse: {', '.join(sorted(MODES))}.")]
+    = None,
+    preset: Annotated[str | None, typer.Option(help="A named preset from fusion.toml.")] = None,
+    system: Annotated[str | None, typer.Option(help="System prompt for every member.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Members' temperature.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Max tokens per member answer.")]
+    = None,
+    timeout: Annotated[float | None, typer.Option(help="Seconds per member (retries "
+                                                  "included).")] = None,
+    deadline: Annotated[float | None, typer.Option(help="Seconds for the whole fusion.")]
+    = None,
+    quorum: Annotated[int | None, typer.Option(help="Stop waiting once K members answered.")]
+    = None,
+    rounds: Annotated[int | None, typer.Option(help="Debate rounds (mode debate).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for the shuffle and sampling.")]
+    = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")]
+    = False,
+    show: Annotated[bool, typer.Option(help="Print every member's answer too.")] = False,
+    config: Annotated[str | None, typer.Option(help="Config file (else $FUSION_CONFIG, "
+                                               "./fusion.toml, user config dir).")] = None,
+    offline: Annotated[bool, typer.Option(help="Refuse every non-local provider.")] = False,
+) -> None:
+    """Ask the panel; print the fused answer (progress goes to stderr)."""
+    text = _read_prompt(prompt)
+    fusion = Fusion(
+        model or None, judge, mode, preset=preset, config=config, offline=offline or None,
+        system=system, temperature=temperature, max_tokens=max_tokens, timeout=timeout,
+        deadline=deadline, quorum=quorum, rounds=rounds, seed=seed,
+    )
+    try:
+        result = asyncio.run(_run(fusion, text, live=err.is_terminal and not as_json))
+    except AllMembersFailed as e:
+        if as_json:
+            print(json.dumps({"error": {"code": e.code, "message": str(e),
+                                        "members": [m.to_dict() for m in e.members]}}))
+        raise
+    _print_result(result, as_json=as_json, show=show)
+
+
+async def _run(fusion: Fusion, text: str, *, live: bool) -> FusionResult:
+    result: FusionResult | None = None
+    async with fusion:
+        if live:
+            with LiveProgress(err) as progress:
+                async for event in fusion.stream(text):
+                    progress.handle(event)
+                    result = event.result or result
+        else:
+            async for event in fusion.stream(text):
+                result = event.result or result
+    assert result is not None
+    return result
+
+
+def _print_result(result: FusionResult, *, as_json: bool, show: bool) -> None:
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+        return
+    out = Console()
+    if show:
+        for m in result.members:
+            body = m.content if m.ok else f"[{m.status}: {m.reason}] {m.error or ''}"
+            out.print(RichPanel(body or "", title=m.model, title_align="left"))
+    if out.is_terminal:
+        out.print(Markdown(result.answer))
+    else:
+        print(result.answer)
+    ok = sum(m.ok for m in result.members)
+    cost = f"${result.cost:.5f}" if result.cost is not None else "cost unknown"
+    judge = result.judge
+    judge_note = judge.status + (f" ({judge.reason})" if judge.reason else "")
+    err.print(
+        f"[dim]{result.mode} · {ok}/{len(result.members)} members ok · judge {judge_note} · "
+        f"{result.usage.total_tokens} tokens · {cost} · "
+        f"{result.timings.total_ms / 1000:.1f}s[/dim]",
+        highlight=False,
+    )
+
+
+@app.command()
+@handle_errors
+def models(
+    config: Annotated[str | None, typer.Option(help="Config file.")] = None,
+) -> None:
+    """List providers (and whether each key is set), presets, and local models."""
+    cfg = load_config(config)
+    out = Console()
+    providers = Table(title="providers", title_justify="left")
+    for col in ("name", "kind", "base url", "key"):
+        providers.add_column(col)
+    for p in cfg.providers.values():
+        providers.add_row(p.name, p.kind, p.base_url or "(SDK default)", p.key_status())
+    out.print(providers)
+    presets = Table(title="presets", title_justify="left")
+    for col in ("name", "models", "judge", "mode"):
+        presets.add_column(col)
+    default = cfg.default()
+    for p in {**cfg.presets, default.name: default}.values():
+        name = p.name + (" (default)" if p.name == default.name else "")
+        presets.add_row(name, ", ".join(p.models), p.judge or "(first member)", p.mode)
+    out.print(presets)
+    if cfg.source:
+        out.print(f"[dim]config: {cfg.source}[/dim]")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,285 @@
+"""Configuration: providers, prices and presets from fusion.toml, keys from the environment.
+
+Where the file comes from (first that exists wins):
+  --config PATH  >  $FUSION_CONFIG  >  ./fusion.toml  >  <user config dir>/fusion.toml
+
+The user dirs are platformdirs' unless $MODELFUSION_HOME is set (tests use it so that they
+never touch the real home). API keys are read from environment variables only; the file
+names the variable (`api_key_env`), never the key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from .errors import ConfigError, MissingKeyError, OfflineError
+
+APP = "modelfusion"
+OPENROUTER_HEADERS = {
+    "HTTP-Referer": "https://github.com/modelfusion/modelfusion",
+    "X-Title": "modelfusion",
+}
+
+
+def home_dir(kind: str) -> Path:
+    """`config`, `data` or `cache` dir; all under $MODELFUSION_HOME when it is set."""
+    root = os.environ.get("MODELFUSION_HOME")
+    if root:
+        return Path(root) / kind
+    return Path(getattr(platformdirs, f"user_{kind}_dir")(APP))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProviderConfig:
+    name: str
+    kind: str = "openai_compat"
+    base_url: str | None = None
+    # Name of the env var that holds the key. None: the endpoint needs no key.
+    api_key_env: str | None = None
+    # Key required? Built-in cloud providers yes; local servers (ollama, vllm) no.
+    key_required: bool = False
+    max_parallel: int | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    extra_body: dict[str, Any] = field(default_factory=dict)
+    remote: bool = True
+
+    def api_key(self) -> str | None:
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+    def key_status(self) -> str:
+        if not self.api_key_env:
+            return "not needed"
+        return "set" if self.api_key() else f"missing ({self.api_key_env})"
+
+
+def builtin_providers() -> dict[str, ProviderConfig]:
+    return {
+        # base_url None: the openai SDK reads OPENAI_BASE_URL itself, exactly as it documents.
+        "openai": ProviderConfig(name="openai", api_key_env="OPENAI_API_KEY", key_required=True),
+        "openrouter": ProviderConfig(
+            name="openrouter",
+            base_url="https://openrouter.ai/api/v1",
+            api_key_env="OPENROUTER_API_KEY",
+            key_required=True,
+            headers=dict(OPENROUTER_HEADERS),
+            # Ask OpenRouter to report the real cost of each call.
+            extra_body={"usage": {"include": True}},
+        ),
+        "ollama": ProviderConfig(name="ollama", base_url="http://localhost:11434/v1",
+                                 max_parallel=2),
+        "vllm": ProviderConfig(name="vllm", base_url="http://localhost:8000/v1",
+                               api_key_env="VLLM_API_KEY"),
+        "llamacpp": ProviderConfig(name="llamacpp", base_url="http://localhost:8080/v1",
+                                   max_parallel=1),
+        "local": ProviderConfig(name="local", kind="local", remote=False, max_parallel=1),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """USD per million tokens."""
+
+    prompt: float
+    completion: float
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.prompt + completion_tokens * self.completion) / 1e6
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Preset:
+    name: str
+    models: tuple[str, ...]
+    judge: str | None = None
+    mode: str = "merge"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+# Options a preset (or a caller) may set besides models/judge/mode.
+OPTION_NAMES = {
+    "quorum", "rounds", "temperature", "max_tokens", "timeout", "deadline", "retries",
+    "system", "seed", "judge_temperature", "fallback_judge",
+}
+
+# The embedded default: chosen when neither the caller nor the config names models.
+DEFAULT_LOCAL_PRESET = Preset(
+    name="local",
+    models=("local:qwen2.5-coder-0.5b*2", "local:qwen2.5-coder-1.5b"),
+    judge="local:qwen2.5-coder-1.5b",
+    mode="best-of",
+    options={"max_tokens": 512},
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """`provider:model[*N]`, parsed. `N` asks for self-fusion: the same model N times."""
+
+    provider: str
+    model: str
+    count: int = 1
+
+    @property
+    def id(self) -> str:
+        return f"{self.provider}:{self.model}"
+
+
+_SPEC = re.compile(r"^(?P<provider>[A-Za-z0-9_.-]+):(?P<model>.+?)(?:\*(?P<count>\d+))?$")
+
+
+def parse_spec(spec: str) -> ModelSpec:
+    m = _SPEC.match(spec.strip())
+    if not m:
+        raise ConfigError(
+            f"malformed model spec {spec!r}: write provider:model, e.g. openai:gpt-4o-mini "
+            "or openrouter:anthropic/claude-3.5-sonnet (append *3 to sample it three times)"
+        )
+    count = int(m["count"]) if m["count"] else 1
+    if not 1 <= count <= 16:
+        raise ConfigError(f"model spec {spec!r}: the repeat count must be 1..16")
+    return ModelSpec(m["provider"], m["model"], count)
+
+
+@dataclass(slots=True)
+class Config:
+    providers: dict[str, ProviderConfig]
+    presets: dict[str, Preset]
+    prices: dict[str, Price]
+    default_preset: str | None = None
+    source: Path | None = None
+    offline: bool = False
+
+    def provider(self, name: str) -> ProviderConfig:
+        try:
+            cfg = self.providers[name]
+        except KeyError:
+            known = ", ".join(sorted(self.providers))
+            raise ConfigError(
+                f"unknown provider {name!r}; known: {known}. "
+                "Declare it in fusion.toml under [providers.NAME] with base_url."
+            ) from None
+        if self.offline and cfg.remote:
+            raise OfflineError(
+                f"provider {name!r} sends prompts over the network and offline mode is on "
+                "(--offline / FUSION_OFFLINE=1); use local: models or drop --offline"
+            )
+        if cfg.key_required and not cfg.api_key():
+            raise MissingKeyError(
+                f"{cfg.api_key_env} is not set: export it to use provider {name!r}, "
+                "or pick another provider (`fusion models` lists them)"
+            )
+        return cfg
+
+    def preset(self, name: str) -> Preset:
+        if name in self.presets:
+            return self.presets[name]
+        if name == DEFAULT_LOCAL_PRESET.name:
+            return DEFAULT_LOCAL_PRESET
+        known = ", ".join(sorted({*self.presets, DEFAULT_LOCAL_PRESET.name}))
+        raise ConfigError(f"unknown preset {name!r}; known: {known}")
+
+    def default(self) -> Preset:
+        if self.default_preset:
+            return self.preset(self.default_preset)
+        return DEFAULT_LOCAL_PRESET
+
+    def price(self, spec: str) -> Price | None:
+        return self.prices.get(spec)
+
+
+def find_config_file(explicit: str | Path | None = None) -> Path | None:
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        return path
+    env = os.environ.get("FUSION_CONFIG")
+    if env:
+        path = Path(env)
+        if not path.is_file():
+            raise ConfigError(f"FUSION_CONFIG points to {path}, which does not exist")
+        return path
+    for path in (Path.cwd() / "fusion.toml", home_dir("config") / "fusion.toml"):
+        if path.is_file():
+            return path
+    return None
+
+
+def load_config(path: str | Path | None = None, *, offline: bool | None = None) -> Config:
+    """Built-ins, overlaid with the config file if there is one."""
+    file = find_config_file(path)
+    raw: dict[str, Any] = {}
+    if file is not None:
+        try:
+            raw = tomllib.loads(file.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{file}: not valid TOML ({e}); fix the file or pass --config") from e
+    if offline is None:
+        offline = os.environ.get("FUSION_OFFLINE", "").lower() in {"1", "true", "yes"}
+    try:
+        return _from_raw(raw, file, offline)
+    except (TypeError, ValueError, KeyError) as e:
+        raise ConfigError(f"{file}: {e}") from e
+
+
+def _table(raw: dict[str, Any], key: str, where: Path | None) -> dict[str, Any]:
+    value = raw.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: [{key}] must be a table")
+    return value
+
+
+def _from_raw(raw: dict[str, Any], file: Path | None, offline: bool) -> Config:
+    providers = builtin_providers()
+    for name, body in _table(raw, "providers", file).items():
+        if not isinstance(body, dict):
+            raise ConfigError(f"{file}: [providers.{name}] must be a table")
+        unknown = set(body) - {"base_url", "api_key_env", "kind", "max_parallel", "headers",
+                               "extra_body", "key_required", "remote", "api_key"}
+        if "api_key" in body:
+            raise ConfigError(
+                f"{file}: [providers.{name}] has api_key; keys never go in files. "
+                "Put the key in an environment variable and name it with api_key_env"
+            )
+        if unknown:
+            raise ConfigError(f"{file}: [providers.{name}] has unknown keys {sorted(unknown)}")
+        base = providers.get(name, ProviderConfig(name=name))
+        if name not in providers and "base_url" not in body and body.get("kind") != "local":
+            raise ConfigError(f"{file}: [providers.{name}] needs base_url")
+        key_required = body.get("key_required",
+                                bool(body.get("api_key_env")) or base.key_required)
+        providers[name] = replace(base, **{**body, "key_required": key_required})
+    presets: dict[str, Preset] = {}
+    for name, body in _table(raw, "presets", file).items():
+        models = body.get("models")
+        if not models or not isinstance(models, list):
+            raise ConfigError(f"{file}: [presets.{name}] needs models = [\"provider:model\", ...]")
+        options = {k: v for k, v in body.items() if k not in {"models", "judge", "mode"}}
+        unknown = set(options) - OPTION_NAMES
+        if unknown:
+            raise ConfigError(
+                f"{file}: [presets.{name}] has unknown options {sorted(unknown)}; "
+                f"known: {sorted(OPTION_NAMES)}"
+            )
+        for spec in models:
+            parse_spec(spec)
+        presets[name] = Preset(
+            name=name, models=tuple(models), judge=body.get("judge"),
+            mode=body.get("mode", "merge"), options=options,
+        )
+    prices = {
+        spec: Price(float(p.get("prompt", 0.0)), float(p.get("completion", 0.0)))
+        for spec, p in _table(raw, "prices", file).items()
+    }
+    default = raw.get("default_preset")
+    cfg = Config(providers, presets, prices, default, file, offline)
+    if default:
+        cfg.preset(default)  # fail now, naming the file, not at the first request
+    return cfg

@@ -1,0 +1,74 @@
+"""One small error hierarchy. User mistakes are kept apart from run failures.
+
+    FusionError
+    ├── UsageError            the caller asked for something impossible (exit code 2)
+    │   ├── ConfigError       bad config file, unknown provider/preset/mode, malformed spec
+    │   ├── MissingKeyError   a provider's API key is not in the environment
+    │   └── OfflineError      a cloud provider was named while offline
+    ├── ProviderError         one call to one model failed; carries a typed reason
+    └── RunError              the fusion as a whole failed (exit code 1)
+        └── AllMembersFailed  no member produced an answer; lists each member's reason
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .types import FailureReason, MemberResult
+
+
+class FusionError(Exception):
+    """Base of every error modelfusion raises on purpose."""
+
+    code = "fusion_error"
+
+
+class UsageError(FusionError):
+    code = "bad_usage"
+
+
+class ConfigError(UsageError):
+    code = "bad_config"
+
+
+class MissingKeyError(UsageError):
+    code = "missing_key"
+
+
+class OfflineError(UsageError):
+    code = "offline"
+
+
+class ProviderError(FusionError):
+    """A call to one model failed. `retryable` says whether trying again can help."""
+
+    code = "provider_error"
+
+    def __init__(
+        self,
+        reason: FailureReason,
+        message: str,
+        *,
+        retryable: bool = False,
+        retry_after: float | None = None,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.reason: FailureReason = reason
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.status = status
+
+
+class RunError(FusionError):
+    code = "run_failed"
+
+
+class AllMembersFailed(RunError):
+    code = "all_members_failed"
+
+    def __init__(self, members: list[MemberResult]) -> None:
+        self.members = members
+        detail = "; ".join(f"{m.model}: {m.reason} ({m.error})" for m in members)
+        super().__init__(f"all members failed: {detail}")

@@ -1,0 +1,335 @@
+"""`Fusion`: the one flow every entry point uses.
+
+    request -> panel (members in parallel) -> mode (judge fuses) -> FusionResult
+
+Everything a caller can get wrong (specs, providers, keys, mode, options) is checked in
+the constructor, before any request is sent. `stream()` yields progress events and ends
+with a `done` event carrying the result; `run()` and `run_sync()` are thin layers over it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .config import OPTION_NAMES, Config, load_config, parse_spec
+from .errors import AllMembersFailed, UsageError
+from .judge import Judge, JudgeSeat
+from .modes import MODES, ModeContext, ModeOutcome
+from .modes.vote import normalise
+from .panel import Member, Panel, PanelOptions
+from .providers.base import Provider, build_provider
+from .types import (
+    FusionEvent,
+    FusionResult,
+    GenerationParams,
+    Message,
+    Timings,
+    to_messages,
+)
+
+DEPTH_HEADER = "X-Fusion-Depth"
+SELF_FUSION_TEMPERATURE = 0.7
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FusionOptions:
+    """Knobs of one fusion. Presets and callers set them by these names."""
+
+    quorum: int | None = None
+    rounds: int = 1
+    temperature: float | None = None  # members; None = provider default (0.7 for copies)
+    judge_temperature: float = 0.0
+    max_tokens: int | None = None
+    timeout: float = 120.0  # per member, seconds
+    deadline: float = 300.0  # whole fusion, seconds
+    retries: int = 2
+    retry_backoff: float = 0.5
+    system: str | None = None
+    seed: int | None = None  # shuffle seed (and sampling seed where supported)
+    fallback_judge: str | None = None
+    depth: int = 0  # fusion depth of the incoming request (the server sets it)
+
+    def validate(self, n_members: int) -> None:
+        if self.quorum is not None and not 1 <= self.quorum <= n_members:
+            raise UsageError(f"--quorum must be between 1 and the number of members ({n_members})")
+        if self.rounds < 0 or self.rounds > 5:
+            raise UsageError("--rounds must be between 0 and 5")
+        if self.timeout <= 0 or self.deadline <= 0:
+            raise UsageError("--timeout and --deadline must be positive seconds")
+        if self.retries < 0 or self.retries > 10:
+            raise UsageError("retries must be between 0 and 10")
+        for name in ("temperature", "judge_temperature"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 2:
+                raise UsageError(f"{name} must be between 0 and 2")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise UsageError("--max-tokens must be at least 1")
+
+
+_OPTION_FIELDS = {f.name for f in fields(FusionOptions)}
+assert OPTION_NAMES <= _OPTION_FIELDS
+
+
+class ProviderPool:
+    """One provider object (one pooled HTTP client) and one max_parallel gate per provider.
+
+    Both belong to an event loop, so the pool rebuilds them when it meets a new loop
+    (each `run_sync` call runs its own loop).
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._providers: dict[str, Provider] = {}
+        self._limits: dict[str, asyncio.Semaphore | None] = {}
+
+    def get(self, name: str) -> tuple[Provider, asyncio.Semaphore | None]:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._loop, self._providers, self._limits = loop, {}, {}
+        if name not in self._providers:
+            cfg = self.config.provider(name)
+            self._providers[name] = build_provider(cfg)
+            self._limits[name] = asyncio.Semaphore(cfg.max_parallel) if cfg.max_parallel else None
+        return self._providers[name], self._limits[name]
+
+    async def aclose(self) -> None:
+        providers, self._providers = self._providers, {}
+        for provider in providers.values():
+            await provider.aclose()
+
+
+@dataclass(frozen=True, slots=True)
+class _Seat:
+    """A resolved member before it is bound to a live provider."""
+
+    label: str
+    provider: str
+    model: str
+    params: GenerationParams
+
+
+@dataclass(slots=True)
+class _Plan:
+    seats: list[_Seat]
+    judge: _Seat
+    fallback_judge: _Seat | None
+    mode: str
+    options: FusionOptions
+    preset: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Fusion:
+    """A configured panel + judge + mode. Reusable and safe to share across tasks."""
+
+    def __init__(
+        self,
+        models: Sequence[str] | None = None,
+        judge: str | None = None,
+        mode: str | None = None,
+        *,
+        preset: str | None = None,
+        config: Config | str | Path | None = None,
+        offline: bool | None = None,
+        pool: ProviderPool | None = None,
+        **options: Any,
+    ) -> None:
+        if isinstance(config, Config):
+            self.config = config
+            if offline:
+                self.config = replace(config, offline=True)
+        else:
+            self.config = load_config(config, offline=offline)
+        self.pool = pool or ProviderPool(self.config)
+        self.plan = self._resolve(models, judge, mode, preset, options)
+
+    # ---- resolution: everything checked before any request ----
+
+    def _resolve(self, models: Sequence[str] | None, judge: str | None, mode: str | None,
+                 preset_name: str | None, overrides: Mapping[str, Any]) -> _Plan:
+        unknown = set(overrides) - _OPTION_FIELDS
+        if unknown:
+            raise UsageError(f"unknown fusion options {sorted(unknown)}; known: "
+                             f"{sorted(_OPTION_FIELDS)}")
+        preset = None
+        if preset_name:
+            preset = self.config.preset(preset_name)
+        elif not models:
+            preset = self.config.default()
+        specs = list(models or (preset.models if preset else ()))
+        if not specs:
+            raise UsageError("no models: pass -m provider:model (repeatable) or --preset NAME")
+        preset_options = dict(preset.options) if preset else {}
+        opts = FusionOptions(**{**preset_options,
+                                **{k: v for k, v in overrides.items() if v is not None}})
+        mode = mode or (preset.mode if preset else "merge")
+        if mode not in MODES:
+            raise UsageError(f"unknown mode {mode!r}; choose one of: {', '.join(sorted(MODES))}")
+
+        seats: list[_Seat] = []
+        for spec in specs:
+            parsed = parse_spec(spec)
+            self.config.provider(parsed.provider)  # unknown provider, key, offline: fail now
+            for k in range(parsed.count):
+                temperature = opts.temperature
+                if parsed.count > 1 and temperature is None:
+                    temperature = SELF_FUSION_TEMPERATURE  # copies must differ
+                seed = None if opts.seed is None else opts.seed + k
+                label = parsed.id if parsed.count == 1 else f"{parsed.id}#{k + 1}"
+                params = GenerationParams(temperature=temperature, max_tokens=opts.max_tokens,
+                                          seed=seed)
+                seats.append(_Seat(label, parsed.provider, parsed.model, params))
+        if len(seats) > 16:
+            raise UsageError(f"{len(seats)} members: at most 16 per fusion")
+        opts.validate(len(seats))
+        judge_spec = judge or (preset.judge if preset and preset.judge else None) or specs[0]
+        return _Plan(
+            seats=seats,
+            judge=self._judge_seat(judge_spec, opts),
+            fallback_judge=self._judge_seat(opts.fallback_judge, opts)
+            if opts.fallback_judge else None,
+            mode=mode,
+            options=opts,
+            preset=preset.name if preset else None,
+        )
+
+    def _judge_seat(self, spec: str, opts: FusionOptions) -> _Seat:
+        parsed = parse_spec(spec)
+        self.config.provider(parsed.provider)
+        params = GenerationParams(temperature=opts.judge_temperature, seed=opts.seed,
+                                  max_tokens=max(opts.max_tokens or 0, 2048))
+        return _Seat(parsed.id, parsed.provider, parsed.model, params)
+
+    async def aclose(self) -> None:
+        """Close the pooled HTTP clients (use `async with Fusion(...)` to do it for you)."""
+        await self.pool.aclose()
+
+    async def __aenter__(self) -> Fusion:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # ---- the flow ----
+
+    async def run(self, messages: str | Sequence[Message | Mapping[str, Any]]) -> FusionResult:
+        result: FusionResult | None = None
+        async for event in self.stream(messages):
+            if event.type == "done":
+                result = event.result
+        assert result is not None
+        return result
+
+    def run_sync(self, messages: str | Sequence[Message | Mapping[str, Any]]) -> FusionResult:
+        return asyncio.run(self._run_and_close(messages))
+
+    async def _run_and_close(self, messages: Any) -> FusionResult:
+        async with self:
+            return await self.run(messages)
+
+    async def stream(
+        self, messages: str | Sequence[Message | Mapping[str, Any]]
+    ) -> AsyncIterator[FusionEvent]:
+        """Progress events as they happen; the last is `done` (with the result).
+
+        On failure an `error` event is yielded, then the exception is raised.
+        """
+        queue: asyncio.Queue[FusionEvent | None] = asyncio.Queue()
+        task = asyncio.create_task(self._execute(to_messages(messages), queue.put_nowait))
+        task.add_done_callback(lambda _: queue.put_nowait(None))
+        try:
+            while (event := await queue.get()) is not None:
+                yield event
+            exc = task.exception()
+            if exc is not None:
+                yield FusionEvent("error", error=exc)
+                raise exc
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+    async def _execute(self, messages: list[Message], emit: Any) -> None:
+        plan, opts = self.plan, self.plan.options
+        started = time.monotonic()
+        deadline_at = started + opts.deadline
+        headers = {DEPTH_HEADER: str(opts.depth + 1)}
+        if opts.system:
+            messages = [Message("system", opts.system),
+                        *[m for m in messages if m.role != "system"]]
+
+        members = [self._member(i, seat) for i, seat in enumerate(plan.seats)]
+        panel = Panel(
+            PanelOptions(timeout=opts.timeout, retries=opts.retries, backoff=opts.retry_backoff,
+                         quorum=opts.quorum),
+            emit, headers,
+        )
+        results = await panel.run([(m, messages) for m in members], deadline_at=deadline_at)
+        panel_done = time.monotonic()
+        candidates = [r for r in results if r.ok]
+        if not candidates:
+            raise AllMembersFailed(results)
+
+        seed = opts.seed if opts.seed is not None else secrets.randbits(32)
+        judge = Judge(self._judge(plan.judge), fallback=self._judge(plan.fallback_judge)
+                      if plan.fallback_judge else None, emit=emit, headers=headers,
+                      end=deadline_at)
+        judge.result.shuffle_seed = seed
+        ctx = ModeContext(messages=messages, candidates=candidates, members=results,
+                          judge=judge, seed=seed, nonce=secrets.token_hex(4), emit=emit,
+                          panel=panel, seats=members, deadline_at=deadline_at,
+                          rounds=opts.rounds)
+        skip = _skip_reason(plan.mode, candidates)
+        if skip:
+            judge.result.reason = skip
+            outcome = ModeOutcome(answer=candidates[0].content or "", chosen=candidates[0].model,
+                                  reason=skip.replace("_", " "))
+        else:
+            outcome = await MODES[plan.mode](ctx)
+            judge.result.labels = {item.label: item.member.index for item in ctx.labeled()}
+        emit(FusionEvent("answer_delta", text=outcome.answer))
+        total = time.monotonic() - started
+        result = FusionResult(
+            answer=outcome.answer,
+            mode=plan.mode,
+            members=results,
+            judge=judge.result,
+            analysis=outcome.analysis,
+            votes=outcome.votes,
+            rounds=outcome.rounds,
+            reason=outcome.reason,
+            chosen=outcome.chosen,
+            degraded=len(candidates) < len(results),
+            timings=Timings(total_ms=total * 1000, panel_ms=(panel_done - started) * 1000,
+                            judge_ms=judge.elapsed_ms),
+        )
+        emit(FusionEvent("done", result=result))
+
+    def _member(self, index: int, seat: _Seat) -> Member:
+        provider, limit = self.pool.get(seat.provider)
+        return Member(index=index, label=seat.label, provider=provider, model=seat.model,
+                      params=seat.params, price=self.config.price(seat.label.split("#")[0]),
+                      limit=limit)
+
+    def _judge(self, seat: _Seat) -> JudgeSeat:
+        provider, _ = self.pool.get(seat.provider)
+        return JudgeSeat(seat.label, provider, seat.model, seat.params,
+                         self.config.price(seat.label))
+
+
+def _skip_reason(mode: str, candidates: list[Any]) -> str | None:
+    """Why the judge can be skipped: nothing to choose between."""
+    if mode == "vote":
+        return None  # vote reports its split even when unanimous, without the judge
+    if len(candidates) == 1:
+        return "single_candidate"
+    if len({normalise(c.content or "") for c in candidates}) == 1:
+        return "identical_candidates"
+    return None

@@ -1,0 +1,93 @@
+"""What a mode is: a small async strategy from (request, candidates, judge) to an outcome.
+
+A new mode is one module with one function decorated by `@register("name")`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..judge import JUDGE_RULES, Judge, Labeled, anonymise, fence, render_request
+from ..panel import Emit, Member, Panel
+from ..types import FusionEvent, MemberResult, Message
+
+
+@dataclass(slots=True, kw_only=True)
+class ModeContext:
+    messages: list[Message]
+    candidates: list[MemberResult]  # the members that answered, in member order
+    members: list[MemberResult]  # every member of the first round
+    judge: Judge
+    seed: int
+    nonce: str
+    emit: Emit
+    # For modes that go back to the panel (debate).
+    panel: Panel
+    seats: list[Member]
+    deadline_at: float
+    rounds: int = 1
+
+    def labeled(self, candidates: list[MemberResult] | None = None) -> list[Labeled]:
+        return anonymise(self.candidates if candidates is None else candidates, self.seed)
+
+    def emit_round(self, round_no: int) -> None:
+        self.emit(FusionEvent("round_started", round=round_no))
+
+    def judge_prompt(self, labeled: list[Labeled], task: str) -> tuple[str, str]:
+        """(system, user): the rules; the user's request, the fenced candidates, the task."""
+        system = JUDGE_RULES.format(nonce=self.nonce)
+        user = (
+            f"The user's request:\n<request>\n{render_request(self.messages)}\n</request>\n\n"
+            f"Candidates:\n\n{fence(labeled, self.nonce)}\n\n{task}"
+        )
+        return system, user
+
+
+@dataclass(slots=True, kw_only=True)
+class ModeOutcome:
+    answer: str
+    analysis: dict[str, Any] | None = None
+    votes: dict[str, Any] | None = None
+    rounds: list[list[MemberResult]] | None = None
+    chosen: str | None = None
+    reason: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+ModeFn = Callable[[ModeContext], Awaitable[ModeOutcome]]
+MODES: dict[str, ModeFn] = {}
+
+
+def register(name: str) -> Callable[[ModeFn], ModeFn]:
+    def deco(fn: ModeFn) -> ModeFn:
+        MODES[name] = fn
+        return fn
+
+    return deco
+
+
+def pick_label(labeled: list[Labeled]) -> Callable[[Any], tuple[Labeled, str]]:
+    """Validator for {"choice": "B", "reason": "..."} verdicts."""
+    by_label = {item.label: item for item in labeled}
+
+    def validate(data: Any) -> tuple[Labeled, str]:
+        choice = str(data["choice"]).strip().strip('"').upper()
+        if choice not in by_label:
+            raise ValueError(f"choice {choice!r} is not one of {sorted(by_label)}")
+        return by_label[choice], str(data.get("reason", ""))
+
+    return validate
+
+
+def choice_schema(labeled: list[Labeled]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {
+            "reason": {"type": "string"},
+            "choice": {"type": "string", "enum": [item.label for item in labeled]},
+        },
+        "required": ["reason", "choice"],
+        "additionalProperties": False,
+    }

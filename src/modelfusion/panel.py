@@ -1,0 +1,180 @@
+"""Parallel dispatch of one request to every panel member.
+
+Members run at once (capped per provider by `max_parallel`), each under its own timeout,
+all under one deadline. With a quorum of K, the panel stops waiting once K members have
+answered and cancels the rest. This module is the only retry layer: backoff with jitter on
+retryable failures, honouring Retry-After, never sleeping past the deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .config import Price
+from .errors import ProviderError
+from .providers.base import Provider
+from .types import FusionEvent, GenerationParams, MemberResult, Message
+
+Emit = Callable[[FusionEvent], None]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Member:
+    """One seat on the panel: a model behind a provider, with its own generation settings."""
+
+    index: int
+    label: str  # what users see: the spec, plus #k for self-fusion copies
+    provider: Provider
+    model: str
+    params: GenerationParams
+    price: Price | None = None
+    limit: asyncio.Semaphore | None = None  # the provider's max_parallel
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PanelOptions:
+    timeout: float = 120.0  # per member, all attempts included
+    retries: int = 2
+    backoff: float = 0.5  # first backoff in seconds; doubles per attempt, with jitter
+    backoff_max: float = 8.0
+    quorum: int | None = None
+
+
+class Panel:
+    def __init__(self, options: PanelOptions, emit: Emit, headers: dict[str, str]) -> None:
+        self.options = options
+        self._emit = emit
+        self._headers = headers
+
+    async def run(
+        self,
+        jobs: list[tuple[Member, list[Message]]],
+        *,
+        deadline_at: float,
+        round_no: int | None = None,
+    ) -> list[MemberResult]:
+        """Run every job; return one MemberResult per job, in job order. Never raises."""
+        results = [MemberResult(index=m.index, model=m.label) for m, _ in jobs]
+        tasks = [
+            asyncio.create_task(self._run_member(m, msgs, r, deadline_at, round_no))
+            for (m, msgs), r in zip(jobs, results, strict=True)
+        ]
+        quorum = self.options.quorum
+        pending: set[asyncio.Task[None]] = set(tasks)
+        answered = 0
+        try:
+            while pending:
+                remaining = deadline_at - time.monotonic()
+                if remaining <= 0:
+                    break
+                done, pending = await asyncio.wait(
+                    pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                )
+                answered = sum(r.ok for r in results)
+                if quorum and answered >= quorum:
+                    break
+        finally:
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+        for result, task in zip(results, tasks, strict=True):
+            if task in pending:
+                stopped_by_quorum = bool(quorum and answered >= quorum)
+                self._fail(result, "cancelled" if stopped_by_quorum else "timeout",
+                           "cancelled: quorum reached" if stopped_by_quorum
+                           else "the fusion deadline passed", round_no)
+        return results
+
+    async def _run_member(
+        self,
+        member: Member,
+        messages: list[Message],
+        result: MemberResult,
+        deadline_at: float,
+        round_no: int | None,
+    ) -> None:
+        started = time.monotonic()
+        end = min(deadline_at, started + self.options.timeout)
+        try:
+            async with asyncio.timeout_at(_loop_time(end)):
+                if member.limit is not None:
+                    async with member.limit:
+                        await self._attempts(member, messages, result, started, end, round_no)
+                else:
+                    await self._attempts(member, messages, result, started, end, round_no)
+        except TimeoutError:
+            self._fail(result, "timeout", f"no answer within {self.options.timeout:g} s"
+                       if end < deadline_at else "the fusion deadline passed", round_no)
+        except ProviderError as e:
+            self._fail(result, e.reason, str(e), round_no)
+        if not result.ok:
+            result.latency_ms = (time.monotonic() - started) * 1000
+
+    async def _attempts(
+        self,
+        member: Member,
+        messages: list[Message],
+        result: MemberResult,
+        started: float,
+        end: float,
+        round_no: int | None,
+    ) -> None:
+        emit, i = self._emit, member.index
+        for attempt in range(self.options.retries + 1):
+            result.attempts = attempt + 1
+            emit(FusionEvent("member_started", member=i, model=member.label, round=round_no))
+            try:
+                completion = await member.provider.complete(
+                    member.model,
+                    messages,
+                    member.params,
+                    on_delta=lambda text: emit(
+                        FusionEvent("member_delta", member=i, text=text, round=round_no)
+                    ),
+                    headers=self._headers,
+                )
+            except ProviderError as e:
+                if not e.retryable or attempt == self.options.retries:
+                    raise
+                wait = e.retry_after if e.retry_after is not None else self._backoff(attempt)
+                if time.monotonic() + wait >= end:
+                    raise  # waiting would pass the deadline: fail now, don't hang
+                await asyncio.sleep(wait)
+                continue
+            if not completion.content.strip():
+                raise ProviderError("bad_response", "empty completion")
+            result.content = completion.content
+            result.usage = completion.usage
+            result.cost = completion.cost
+            if result.cost is None and member.price is not None:
+                u = completion.usage
+                result.cost = member.price.cost(u.prompt_tokens, u.completion_tokens)
+            result.status, result.reason = "ok", None
+            result.latency_ms = (time.monotonic() - started) * 1000
+            emit(FusionEvent("member_done", member=i, model=member.label, member_result=result,
+                             round=round_no))
+            return
+
+    def _backoff(self, attempt: int) -> float:
+        ceiling = min(self.options.backoff_max, self.options.backoff * 2**attempt)
+        return random.uniform(ceiling / 2, ceiling)
+
+    def _fail(self, result: MemberResult, reason: str, message: str,
+              round_no: int | None) -> None:
+        result.status = "cancelled" if reason == "cancelled" else "failed"
+        result.reason = reason  # type: ignore[assignment]
+        result.error = message
+        result.content = None
+        self._emit(FusionEvent("member_failed", member=result.index, model=result.model,
+                               member_result=result, round=round_no))
+
+
+def _loop_time(monotonic_deadline: float) -> float:
+    """Convert a time.monotonic() deadline to the running loop's clock."""
+    loop = asyncio.get_running_loop()
+    return loop.time() + (monotonic_deadline - time.monotonic())

@@ -1,0 +1,186 @@
+"""Any OpenAI-compatible endpoint (OpenAI, OpenRouter, vLLM, Ollama, llama.cpp server).
+
+One pooled AsyncOpenAI client per provider. The SDK's own retries are off: the panel is
+the single retry layer, so a persistent 429 costs exactly retries + 1 upstream calls.
+Every failure is mapped to a ProviderError with a typed reason, including the ones that
+arrive with HTTP 200 (an error object in the body, or an error event mid-stream).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from typing import Any
+
+import openai
+from openai import AsyncOpenAI
+
+from ..config import ProviderConfig
+from ..errors import ProviderError
+from ..types import Completion, GenerationParams, Message, Usage
+from .base import DeltaCallback, register_kind
+
+
+class OpenAICompatProvider:
+    supports_json_schema = True
+
+    def __init__(self, cfg: ProviderConfig) -> None:
+        self.name = cfg.name
+        self.remote = cfg.remote
+        self._extra_body = dict(cfg.extra_body)
+        kwargs: dict[str, Any] = {
+            "api_key": cfg.api_key() or "not-needed",
+            "max_retries": 0,
+            "default_headers": dict(cfg.headers) or None,
+        }
+        if cfg.base_url:
+            kwargs["base_url"] = cfg.base_url
+        self._client = AsyncOpenAI(**kwargs)
+
+    async def complete(
+        self,
+        model: str,
+        messages: list[Message],
+        params: GenerationParams,
+        *,
+        on_delta: DeltaCallback | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Completion:
+        request: dict[str, Any] = {
+            "model": model,
+            "messages": [m.to_dict() for m in messages],
+        }
+        if params.temperature is not None:
+            request["temperature"] = params.temperature
+        if params.max_tokens is not None:
+            request["max_tokens"] = params.max_tokens
+        if params.seed is not None:
+            request["seed"] = params.seed
+        if params.json_schema is not None:
+            request["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "verdict", "schema": params.json_schema, "strict": False},
+            }
+        extra = {"extra_headers": headers, "extra_body": self._extra_body or None}
+        try:
+            if on_delta is None:
+                resp = await self._client.chat.completions.create(**request, **extra)
+                return _from_response(resp)
+            stream = await self._client.chat.completions.create(
+                **request, stream=True, stream_options={"include_usage": True}, **extra
+            )
+            return await _collect_stream(stream, on_delta)
+        except openai.APIStatusError as e:
+            raise _status_error(e) from None
+        except openai.APITimeoutError:
+            raise ProviderError("timeout", "the request timed out", retryable=True) from None
+        except openai.APIConnectionError as e:
+            raise ProviderError(
+                "upstream_error", f"connection failed: {e.__cause__ or e}", retryable=True
+            ) from None
+        except openai.APIError as e:  # error body with 200, or an error event mid-stream
+            raise _body_error(getattr(e, "body", None), str(e)) from None
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            raise ProviderError("bad_response", f"malformed response: {e}") from None
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+
+def _usage(raw: Any) -> tuple[Usage, float | None]:
+    if raw is None:
+        return Usage(), None
+    usage = Usage(int(raw.prompt_tokens or 0), int(raw.completion_tokens or 0))
+    cost = getattr(raw, "cost", None)
+    if cost is None and getattr(raw, "model_extra", None):
+        cost = raw.model_extra.get("cost")
+    return usage, float(cost) if cost is not None else None
+
+
+def _from_response(resp: Any) -> Completion:
+    extra = getattr(resp, "model_extra", None) or {}
+    if extra.get("error"):
+        raise _body_error(extra["error"], "error in a 200 response")
+    if not getattr(resp, "choices", None):
+        raise ProviderError("bad_response", "the response has no choices")
+    choice = resp.choices[0]
+    usage, cost = _usage(resp.usage)
+    return Completion(choice.message.content or "", usage, cost, choice.finish_reason)
+
+
+async def _collect_stream(stream: Any, on_delta: DeltaCallback) -> Completion:
+    parts: list[str] = []
+    usage, cost, finish = Usage(), None, None
+    async with stream:
+        async for chunk in stream:
+            extra = getattr(chunk, "model_extra", None) or {}
+            if extra.get("error"):
+                raise _body_error(extra["error"], "error event in the stream")
+            if chunk.usage is not None:
+                usage, cost = _usage(chunk.usage)
+            for choice in chunk.choices or ():
+                text = choice.delta.content if choice.delta else None
+                if text:
+                    parts.append(text)
+                    on_delta(text)
+                if choice.finish_reason:
+                    finish = choice.finish_reason
+    if finish is None:
+        raise ProviderError("upstream_error", "the stream ended before it finished",
+                            retryable=True)
+    return Completion("".join(parts), usage, cost, finish)
+
+
+def _retry_after(headers: Any) -> float | None:
+    """Seconds from Retry-After (seconds or an HTTP date) or retry-after-ms."""
+    if headers is None:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return float(ms) / 1000
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+def _status_error(e: openai.APIStatusError) -> ProviderError:
+    status = e.status_code
+    message = f"HTTP {status}: {_message(e.body) or e.message}"
+    if status == 429:
+        return ProviderError("rate_limited", message, retryable=True, status=status,
+                             retry_after=_retry_after(e.response.headers))
+    if status == 401:
+        message += " (check the provider's API key)"
+    retryable = status >= 500 or status in (408, 409)
+    return ProviderError("upstream_error", message, retryable=retryable, status=status,
+                         retry_after=_retry_after(e.response.headers) if retryable else None)
+
+
+def _body_error(body: Any, fallback: str) -> ProviderError:
+    code = body.get("code") if isinstance(body, dict) else None
+    message = _message(body) or fallback
+    if code in (429, "429", "rate_limit_exceeded"):
+        return ProviderError("rate_limited", message, retryable=True)
+    return ProviderError("upstream_error", message, retryable=True,
+                         status=code if isinstance(code, int) else None)
+
+
+def _message(body: Any) -> str | None:
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
+            return inner["message"]
+    return None
+
+
+@register_kind("openai_compat")
+def _factory(cfg: ProviderConfig) -> OpenAICompatProvider:
+    return OpenAICompatProvider(cfg)

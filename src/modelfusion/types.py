@@ -1,0 +1,252 @@
+"""Typed values that flow through the engine: messages, usage, completions, results, events."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Role = Literal["system", "user", "assistant"]
+
+# Why a member produced no answer. Stable strings: tests, traces and users rely on them.
+FailureReason = Literal["timeout", "rate_limited", "upstream_error", "bad_response", "cancelled"]
+MemberStatus = Literal["pending", "ok", "failed", "cancelled"]
+JudgeStatus = Literal["ok", "fallback", "skipped", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: Role
+    content: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"role": self.role, "content": self.content}
+
+
+def to_messages(prompt: str | Sequence[Message | Mapping[str, Any]]) -> list[Message]:
+    """Accept a bare prompt, Message objects or OpenAI-style dicts."""
+    if isinstance(prompt, str):
+        return [Message("user", prompt)]
+    out: list[Message] = []
+    for m in prompt:
+        if isinstance(m, Message):
+            out.append(m)
+        else:
+            out.append(Message(m["role"], str(m.get("content") or "")))
+    return out
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+        )
+
+    def to_dict(self) -> dict[str, int]:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GenerationParams:
+    """What one call to one model is asked to do (everything but the messages)."""
+
+    temperature: float | None = None
+    max_tokens: int | None = None
+    seed: int | None = None
+    # A JSON schema the answer must follow; providers that support structured output enforce it.
+    json_schema: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class Completion:
+    """One model's finished answer, as a provider returns it."""
+
+    content: str
+    usage: Usage = field(default_factory=Usage)
+    # USD as reported by the provider (OpenRouter does); None when it reported none.
+    cost: float | None = None
+    finish_reason: str | None = None
+
+
+@dataclass(slots=True)
+class MemberResult:
+    """One panel member's outcome. `model` is the spec the user wrote (e.g. `openai:gpt-4o`)."""
+
+    index: int
+    model: str
+    status: MemberStatus = "pending"
+    reason: FailureReason | None = None
+    error: str | None = None
+    content: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    latency_ms: float = 0.0
+    cost: float | None = None
+    attempts: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "status": self.status,
+            "reason": self.reason,
+            "error": self.error,
+            "content": self.content,
+            "usage": self.usage.to_dict(),
+            "latency_ms": round(self.latency_ms, 1),
+            "cost": self.cost,
+            "attempts": self.attempts,
+        }
+
+
+@dataclass(slots=True)
+class JudgeResult:
+    model: str | None
+    status: JudgeStatus = "ok"
+    reason: str | None = None
+    error: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    latency_ms: float = 0.0
+    cost: float | None = None
+    # The order in which candidates were shown to the judge: label -> member index.
+    labels: dict[str, int] = field(default_factory=dict)
+    shuffle_seed: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "status": self.status,
+            "reason": self.reason,
+            "error": self.error,
+            "usage": self.usage.to_dict(),
+            "latency_ms": round(self.latency_ms, 1),
+            "cost": self.cost,
+            "labels": self.labels,
+            "shuffle_seed": self.shuffle_seed,
+        }
+
+
+@dataclass(slots=True)
+class Timings:
+    total_ms: float = 0.0
+    panel_ms: float = 0.0
+    judge_ms: float = 0.0
+
+    @property
+    def overhead_ms(self) -> float:
+        return max(0.0, self.total_ms - self.panel_ms - self.judge_ms)
+
+    def to_dict(self) -> dict[str, float]:
+        d = {k: round(v, 2) for k, v in asdict(self).items()}
+        d["overhead_ms"] = round(self.overhead_ms, 2)
+        return d
+
+
+@dataclass(slots=True)
+class FusionResult:
+    """Everything that happened in one fusion. `to_dict()` is the `fusion ask --json` contract."""
+
+    answer: str
+    mode: str
+    members: list[MemberResult]
+    judge: JudgeResult
+    analysis: dict[str, Any] | None = None
+    votes: dict[str, Any] | None = None
+    rounds: list[list[MemberResult]] | None = None
+    reason: str | None = None  # the judge's stated reason for its choice (best-of)
+    chosen: str | None = None  # the member spec whose answer was chosen verbatim (best-of)
+    degraded: bool = False  # some member failed or was cancelled
+    timings: Timings = field(default_factory=Timings)
+
+    @property
+    def usage(self) -> Usage:
+        total = self.judge.usage
+        for m in self._all_members():
+            total = total + m.usage
+        return total
+
+    @property
+    def cost(self) -> float | None:
+        """Sum of known costs; None if any call that used tokens has no known cost."""
+        parts = [m for m in self._all_members() if m.usage.total_tokens or m.cost]
+        costs: list[float | None] = [m.cost for m in parts]
+        if self.judge.usage.total_tokens or self.judge.cost:
+            costs.append(self.judge.cost)
+        if not costs or any(c is None for c in costs):
+            return None
+        return round(sum(c for c in costs if c is not None), 8)
+
+    def _all_members(self) -> list[MemberResult]:
+        if self.rounds:
+            return [m for r in self.rounds for m in r]
+        return self.members
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "answer": self.answer,
+            "mode": self.mode,
+            "degraded": self.degraded,
+            "chosen": self.chosen,
+            "reason": self.reason,
+            "members": [m.to_dict() for m in self.members],
+            "judge": self.judge.to_dict(),
+            "analysis": self.analysis,
+            "votes": self.votes,
+            "rounds": [[m.to_dict() for m in r] for r in self.rounds] if self.rounds else None,
+            "usage": self.usage.to_dict(),
+            "cost": self.cost,
+            "timings": self.timings.to_dict(),
+        }
+
+
+EventType = Literal[
+    "member_started",
+    "member_delta",
+    "member_done",
+    "member_failed",
+    "round_started",
+    "judge_started",
+    "judge_done",
+    "answer_delta",
+    "done",
+    "error",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class FusionEvent:
+    """One step of progress. The CLI renders these, the server sends them as SSE."""
+
+    type: EventType
+    member: int | None = None  # member index
+    model: str | None = None
+    text: str | None = None  # delta text for *_delta events
+    member_result: MemberResult | None = None
+    result: FusionResult | None = None
+    error: Exception | None = None
+    round: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"type": self.type}
+        for key in ("member", "model", "text", "round"):
+            value = getattr(self, key)
+            if value is not None:
+                d[key] = value
+        if self.member_result is not None:
+            d["member_result"] = self.member_result.to_dict()
+        if self.result is not None:
+            d["result"] = self.result.to_dict()
+        if self.error is not None:
+            d["error"] = str(self.error)
+        return d
