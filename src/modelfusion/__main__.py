@@ -1,0 +1,5 @@
+"""`python -m modelfusion` is the `fusion` command."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,11 @@
+"""The public face is a decision: everything in __all__ exists, is sorted, and nothing is missing."""
+
+import modelfusion
+
+
+def test_all_is_sorted_and_complete():
+    assert modelfusion.__all__ == sorted(modelfusion.__all__)
+    for name in modelfusion.__all__:
+        assert hasattr(modelfusion, name), name
+    public = {n for n in dir(modelfusion) if not n.startswith("_") and n[0].isupper()}
+    assert public <= set(modelfusion.__all__), public - set(modelfusion.__all__)
