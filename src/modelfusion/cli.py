@@ -144,6 +144,10 @@ def _print_result(result: FusionResult, *, as_json: bool, show: bool) -> None:
         out.print(Markdown(result.answer))
     else:
         print(result.answer)
+    for m in result.members:
+        if not m.ok:
+            err.print(f"[yellow]{m.model} {m.status}: {m.reason}[/yellow] [dim]{m.error}[/dim]",
+                      highlight=False)
     ok = sum(m.ok for m in result.members)
     cost = f"${result.cost:.5f}" if result.cost is not None else "cost unknown"
     judge = result.judge
@@ -174,9 +178,10 @@ def models(
     for col in ("name", "models", "judge", "mode"):
         presets.add_column(col)
     default = cfg.default()
-    for p in {**cfg.presets, default.name: default}.values():
-        name = p.name + (" (default)" if p.name == default.name else "")
-        presets.add_row(name, ", ".join(p.models), p.judge or "(first member)", p.mode)
+    for preset in {**cfg.presets, default.name: default}.values():
+        name = preset.name + (" (default)" if preset.name == default.name else "")
+        presets.add_row(name, ", ".join(preset.models), preset.judge or "(first member)",
+                        preset.mode)
     out.print(presets)
     if cfg.source:
         out.print(f"[dim]config: {cfg.source}[/dim]")

@@ -234,7 +234,7 @@ class FusionEvent:
     text: str | None = None  # delta text for *_delta events
     member_result: MemberResult | None = None
     result: FusionResult | None = None
-    error: Exception | None = None
+    error: BaseException | None = None
     round: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
