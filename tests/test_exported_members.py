@@ -1,4 +1,4 @@
-"""The public face is a decision: everything in __all__ exists, is sorted, and nothing is missing."""
+"""The public face is a decision: __all__ is sorted, complete, and every name exists."""
 
 import modelfusion
 
