@@ -457,3 +457,15 @@ async def test_presets_supply_models_judge_mode_and_options(upstream, tmp_path):
     result = await run(Fusion(config=cfg, **FAST), "q")
     assert result.mode == "best-of" and result.answer == "answer from beta-model"
     assert upstream.requests[0].body["max_tokens"] == 77
+
+
+async def test_openai_provider_honours_the_sdk_environment(upstream, monkeypatch, tmp_path):
+    # The real OpenAI API is paid and remote: OPENAI_BASE_URL points the built-in at the fake.
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-openai")
+    monkeypatch.setenv("OPENAI_BASE_URL", upstream.base_url)
+    monkeypatch.chdir(tmp_path)  # no ./fusion.toml
+    upstream.script("gpt-x", "from the openai provider")
+    result = await run(Fusion(["openai:gpt-x"], **FAST), "q")
+    assert result.answer == "from the openai provider"
+    assert upstream.requests[0].headers["authorization"] == "Bearer sk-test-openai"
+    assert result.judge.reason == "single_candidate"
