@@ -58,7 +58,7 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory,
                    monkeypatch: pytest.MonkeyPatch) -> None:
     """Never read or write the real user dirs, nor inherit the developer's fusion settings."""
     monkeypatch.setenv("MODELFUSION_HOME", str(tmp_path_factory.mktemp("home")))
-    for var in ("FUSION_CONFIG", "FUSION_OFFLINE"):
+    for var in ("FUSION_CONFIG", "FUSION_OFFLINE", "FUSION_TRACES_URL"):
         monkeypatch.delenv(var, raising=False)
 
 

@@ -20,7 +20,7 @@ from .errors import AllMembersFailed, FusionError, UsageError
 from .fusion import Fusion
 from .modes import MODES
 from .progress import LiveProgress
-from .types import FusionResult
+from .types import FusionResult, Message
 
 app = typer.Typer(
     help="One prompt, a panel of LLMs in parallel, one fused answer.\n\n"
@@ -98,6 +98,12 @@ def ask(
     config: Annotated[str | None, typer.Option(help="Config file (else $FUSION_CONFIG, "
                                                "./fusion.toml, user config dir).")] = None,
     offline: Annotated[bool, typer.Option(help="Refuse every non-local provider.")] = False,
+    db: Annotated[str | None, typer.Option("--db", help="Trace store URL (default "
+                                           "$FUSION_TRACES_URL, else traces.db in the user "
+                                           "data dir).")] = None,
+    store_prompts: Annotated[bool, typer.Option(
+        "--store-prompts/--no-store-prompts",
+        help="Keep the prompt in the trace (answers and stats are kept either way).")] = True,
 ) -> None:
     """Ask the panel; print the fused answer (progress goes to stderr)."""
     text = _read_prompt(prompt)
@@ -106,14 +112,24 @@ def ask(
         system=system, temperature=temperature, max_tokens=max_tokens, timeout=timeout,
         deadline=deadline, quorum=quorum, rounds=rounds, seed=seed,
     )
-    try:
-        result = asyncio.run(_run(fusion, text, live=err.is_terminal and not as_json))
-    except AllMembersFailed as e:
-        if as_json:
-            print(json.dumps({"error": {"code": e.code, "message": str(e),
-                                        "members": [m.to_dict() for m in e.members]}}))
-        raise
-    _print_result(result, as_json=as_json, show=show)
+    from .traces import TraceStore  # SQLAlchemy loads only for commands that need it
+
+    system_prompt = fusion.plan.options.system
+    messages = [*([Message("system", system_prompt)] if system_prompt else []),
+                Message("user", text)]
+    with TraceStore.open(db, store_prompts=store_prompts) as store:  # bad --db: exit 2 now
+        try:
+            result = asyncio.run(_run(fusion, text, live=err.is_terminal and not as_json))
+        except AllMembersFailed as e:
+            store.record(None, messages=messages, source="cli", preset=fusion.plan.preset,
+                         error=e, mode=fusion.plan.mode)
+            if as_json:
+                print(json.dumps({"error": {"code": e.code, "message": str(e),
+                                            "members": [m.to_dict() for m in e.members]}}))
+            raise
+        trace_id = store.record(result, messages=messages, source="cli",
+                                preset=fusion.plan.preset)
+    _print_result(result, as_json=as_json, show=show, trace_id=trace_id)
 
 
 async def _run(fusion: Fusion, text: str, *, live: bool) -> FusionResult:
@@ -131,7 +147,8 @@ async def _run(fusion: Fusion, text: str, *, live: bool) -> FusionResult:
     return result
 
 
-def _print_result(result: FusionResult, *, as_json: bool, show: bool) -> None:
+def _print_result(result: FusionResult, *, as_json: bool, show: bool,
+                  trace_id: str | None = None) -> None:
     if as_json:
         print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
         return
@@ -155,7 +172,8 @@ def _print_result(result: FusionResult, *, as_json: bool, show: bool) -> None:
     err.print(
         f"[dim]{result.mode} · {ok}/{len(result.members)} members ok · judge {judge_note} · "
         f"{result.usage.total_tokens} tokens · {cost} · "
-        f"{result.timings.total_ms / 1000:.1f}s[/dim]",
+        f"{result.timings.total_ms / 1000:.1f}s"
+        + (f" · trace {trace_id[:8]}" if trace_id else "") + "[/dim]",
         highlight=False,
     )
 
@@ -185,6 +203,11 @@ def models(
     out.print(presets)
     if cfg.source:
         out.print(f"[dim]config: {cfg.source}[/dim]")
+
+
+from .trace_cli import register as register_trace_commands  # noqa: E402
+
+register_trace_commands(app)
 
 
 def main() -> None:
