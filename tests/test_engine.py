@@ -264,6 +264,7 @@ async def test_quorum_cancels_the_stragglers(upstream, fake_config):
     assert time.monotonic() - started < 2
     gamma = result.members[2]
     assert (gamma.status, gamma.reason) == ("cancelled", "cancelled")
+    assert 0 < gamma.latency_ms < 2000
 
 
 async def test_member_timeout_and_deadline(upstream, fake_config):

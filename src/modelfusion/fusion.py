@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -220,12 +220,8 @@ class Fusion:
     # ---- the flow ----
 
     async def run(self, messages: str | Sequence[Message | Mapping[str, Any]]) -> FusionResult:
-        result: FusionResult | None = None
-        async for event in self.stream(messages):
-            if event.type == "done":
-                result = event.result
-        assert result is not None
-        return result
+        """The fused result. Same flow as stream(), minus the event queue nobody reads."""
+        return await self._execute(to_messages(messages), _ignore)
 
     def run_sync(self, messages: str | Sequence[Message | Mapping[str, Any]]) -> FusionResult:
         return asyncio.run(self._run_and_close(messages))
@@ -256,7 +252,8 @@ class Fusion:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
 
-    async def _execute(self, messages: list[Message], emit: Any) -> None:
+    async def _execute(self, messages: list[Message], emit: Callable[[FusionEvent], None]
+                       ) -> FusionResult:
         plan, opts = self.plan, self.plan.options
         started = time.monotonic()
         deadline_at = started + opts.deadline
@@ -311,6 +308,7 @@ class Fusion:
                             judge_ms=judge.elapsed_ms),
         )
         emit(FusionEvent("done", result=result))
+        return result
 
     def _member(self, index: int, seat: _Seat) -> Member:
         provider, limit = self.pool.get(seat.provider)
@@ -322,6 +320,10 @@ class Fusion:
         provider, _ = self.pool.get(seat.provider)
         return JudgeSeat(seat.label, provider, seat.model, seat.params,
                          self.config.price(seat.label))
+
+
+def _ignore(event: FusionEvent) -> None:
+    pass
 
 
 def _skip_reason(mode: str, candidates: list[Any]) -> str | None:

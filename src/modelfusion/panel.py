@@ -58,6 +58,7 @@ class Panel:
         round_no: int | None = None,
     ) -> list[MemberResult]:
         """Run every job; return one MemberResult per job, in job order. Never raises."""
+        started = time.monotonic()
         results = [MemberResult(index=m.index, model=m.label) for m, _ in jobs]
         tasks = [
             asyncio.create_task(self._run_member(m, msgs, r, deadline_at, round_no))
@@ -84,6 +85,7 @@ class Panel:
                 await asyncio.gather(*pending, return_exceptions=True)
         for result, task in zip(results, tasks, strict=True):
             if task in pending:
+                result.latency_ms = (time.monotonic() - started) * 1000
                 stopped_by_quorum = bool(quorum and answered >= quorum)
                 self._fail(result, "cancelled" if stopped_by_quorum else "timeout",
                            "cancelled: quorum reached" if stopped_by_quorum
