@@ -205,8 +205,10 @@ def models(
         out.print(f"[dim]config: {cfg.source}[/dim]")
 
 
+from .server.serve_cli import register as register_serve_command  # noqa: E402
 from .trace_cli import register as register_trace_commands  # noqa: E402
 
+register_serve_command(app)
 register_trace_commands(app)
 
 

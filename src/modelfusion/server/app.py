@@ -1,0 +1,195 @@
+"""The FastAPI app: OpenAI-compatible chat completions backed by `Fusion`, plus the web page.
+
+`create_app(config, store, settings)` builds it (tests call it directly); `fusion serve`
+runs it under uvicorn. One `ProviderPool` lives for the app's lifetime: every request's
+Fusion shares its pooled HTTP clients and per-provider `max_parallel` gates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
+
+from ..config import DEFAULT_LOCAL_PRESET, Config, parse_spec
+from ..errors import UsageError
+from ..fusion import DEPTH_HEADER, ProviderPool
+from .auth import check_bearer
+from .errors import ApiError, internal_error
+from .limits import FusionGate, read_body
+from .resolve import parse_depth, prepare
+from .schemas import parse_chat_request
+from .service import FusionService, TraceSink
+from .settings import ServerSettings
+
+log = logging.getLogger("modelfusion.server")
+STATIC = resources.files("modelfusion.server") / "static"
+# The page loads nothing from elsewhere and runs no inline script: say so to the browser.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class SSEResponse(StreamingResponse):
+    """A stream whose `on_close` runs however it ends: finished, failed, client gone, or
+    never started (then the generator's own `finally` would never run)."""
+
+    def __init__(self, content: AsyncIterator[bytes], on_close: Callable[[], None]) -> None:
+        super().__init__(content, media_type="text/event-stream", headers=SSE_HEADERS)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            aclose = getattr(self.body_iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
+            self._on_close()
+
+
+def create_app(config: Config, store: TraceSink | None = None,
+               settings: ServerSettings | None = None) -> FastAPI:
+    settings = settings or ServerSettings()
+    gate = FusionGate(settings.max_concurrent, settings.retry_after_s)
+    service = FusionService(store)
+    pool = ProviderPool(config)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await pool.aclose()
+            flush = getattr(store, "flush", None)
+            if flush is not None:
+                await asyncio.to_thread(flush)
+
+    app = FastAPI(title="modelfusion", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    app.state.gate = gate
+    app.state.pool = pool
+    app.state.settings = settings
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, e: ApiError) -> JSONResponse:
+        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, e: HTTPException) -> JSONResponse:
+        code = "not_found" if e.status_code == 404 else "method_not_allowed" \
+            if e.status_code == 405 else None
+        err = ApiError(e.status_code, str(e.detail), code=code)
+        return JSONResponse(err.body(), status_code=e.status_code, headers=e.headers)
+
+    @app.exception_handler(Exception)
+    async def crash(_: Request, e: Exception) -> JSONResponse:
+        log.error("unhandled error", exc_info=e)
+        err = internal_error()
+        return JSONResponse(err.body(), status_code=500)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "active_fusions": gate.active,
+                "max_concurrent": settings.max_concurrent}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        check_bearer(request, settings.api_keys)
+        raw = await read_body(request, settings.max_body_bytes)
+        req = parse_chat_request(raw)
+        depth = parse_depth(request.headers.get(DEPTH_HEADER), settings)
+        prepared = prepare(req, config, pool, settings, depth)
+        slot = gate.acquire()
+        if req.stream:
+            return SSEResponse(service.stream(prepared), on_close=slot.release)
+        try:
+            body = await service.complete(prepared)
+        finally:
+            slot.release()
+        return JSONResponse(body)
+
+    @app.get("/v1/models")
+    async def list_models(request: Request) -> dict[str, Any]:
+        check_bearer(request, settings.api_keys)
+        return {"object": "list", "data": model_list(config)}
+
+    @app.get("/v1/fusion/traces")
+    async def list_traces(request: Request, limit: int = 50) -> dict[str, Any]:
+        check_bearer(request, settings.api_keys)
+        if not 1 <= limit <= 500:
+            raise ApiError(400, "limit must be between 1 and 500", param="limit",
+                           code="invalid_value")
+        rows = await _read(_store(store).recent, limit)
+        return {"object": "list", "data": [r.to_dict() for r in rows]}
+
+    @app.get("/v1/fusion/traces/{trace_id}")
+    async def get_trace(request: Request, trace_id: str) -> dict[str, Any]:
+        check_bearer(request, settings.api_keys)
+        record = await _read(_store(store).get, trace_id)
+        if record is None:
+            raise ApiError(404, f"no trace {trace_id!r}", param="trace_id",
+                           code="trace_not_found")
+        return dict(record.to_dict())
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(str(STATIC / "index.html"), headers=PAGE_HEADERS)
+
+    app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+    return app
+
+
+def _store(store: TraceSink | None) -> TraceSink:
+    if store is None:
+        raise ApiError(404, "this server keeps no traces", code="traces_disabled")
+    return store
+
+
+async def _read(fn: Callable[[Any], Any], arg: Any) -> Any:
+    """A store read, off the event loop (SQLite and PostgreSQL drivers block)."""
+    try:
+        return await asyncio.to_thread(fn, arg)
+    except UsageError as e:
+        if str(e).startswith("id prefix"):  # an ambiguous id prefix: the caller's to fix
+            raise ApiError(400, str(e), param="trace_id", code="ambiguous_id") from None
+        log.warning("trace store read failed: %s", e)
+        raise ApiError(503, "the trace store cannot be read right now",
+                       code="store_unavailable") from None
+
+
+def model_list(config: Config) -> list[dict[str, Any]]:
+    """`fusion`, `fusion/<preset>`, and the provider:model specs the config mentions whose
+    provider is usable here (the server cannot know every model a provider serves)."""
+    presets = {DEFAULT_LOCAL_PRESET.name: DEFAULT_LOCAL_PRESET, **config.presets}
+    ids = ["fusion", *(f"fusion/{name}" for name in sorted(presets))]
+    specs: set[str] = set(config.prices)
+    for p in presets.values():
+        specs.update(p.models)
+        if p.judge:
+            specs.add(p.judge)
+    usable = []
+    for spec in specs:
+        try:
+            parsed = parse_spec(spec)
+            config.provider(parsed.provider)
+        except UsageError:
+            continue
+        usable.append(parsed.id)
+    return [{"id": i, "object": "model", "created": 0,
+             "owned_by": "modelfusion" if i.startswith("fusion") else i.split(":", 1)[0]}
+            for i in [*ids, *sorted(set(usable))]]

@@ -1,0 +1,153 @@
+"""From a parsed request to a ready `Fusion`: which panel, which judge, which options.
+
+`model` picks the target: `fusion` (the default preset), `fusion/<preset>`, or a plain
+`provider:model` (passthrough: a one-member Fusion, so the judge is skipped). Everything
+the request names is checked here, field by field, before anything is sent upstream, so a
+refusal can name its field. Requests name configured providers only, never URLs.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import Config, Preset, parse_spec
+from ..errors import ConfigError, UsageError
+from ..fusion import DEPTH_HEADER, Fusion, FusionOptions, ProviderPool
+from ..modes import MODES
+from .errors import ApiError, bad_request, usage_error
+from .schemas import ChatRequest
+from .settings import ServerSettings
+
+_URLISH = re.compile(r"://|^//|^[a-z][a-z0-9+.-]*:/", re.I)
+# Options that mean nothing for a single member (and quorum would fail validation there).
+_PANEL_ONLY = ("quorum", "rounds", "fallback_judge", "judge_temperature")
+
+
+@dataclass(slots=True)
+class Prepared:
+    fusion: Fusion
+    request: ChatRequest
+    preset: str | None  # the preset the panel came from, if any (for traces)
+    passthrough: bool  # one member, no judge: its tokens can be streamed as they come
+
+
+def parse_depth(value: str | None, settings: ServerSettings) -> int:
+    if value is None:
+        return 0
+    try:
+        depth = int(value)
+    except ValueError:
+        raise bad_request(f"{DEPTH_HEADER} must be an integer", DEPTH_HEADER,
+                          "invalid_header") from None
+    if depth < 0:
+        raise bad_request(f"{DEPTH_HEADER} must be >= 0", DEPTH_HEADER, "invalid_header")
+    if depth >= settings.max_depth:
+        raise bad_request(f"{DEPTH_HEADER} is {depth}: this request has passed through "
+                          f"{depth} fusion servers already (limit {settings.max_depth}); "
+                          "refusing to forward it again", DEPTH_HEADER, "recursion_limit")
+    return depth
+
+
+def prepare(req: ChatRequest, config: Config, pool: ProviderPool, settings: ServerSettings,
+            depth: int) -> Prepared:
+    target_preset, spec_target = _target(req.model, config)
+    for i, spec in enumerate(req.models or ()):
+        check_spec(spec, req.params[f"models[{i}]"], config)
+    for name in ("judge", "fallback_judge"):
+        value = req.judge if name == "judge" else req.options.get(name)
+        if value:
+            check_spec(value, req.params[name], config)
+    if req.mode is not None and req.mode not in MODES:
+        raise bad_request(f"unknown mode {req.mode!r}; choose one of: "
+                          f"{', '.join(sorted(MODES))}", req.params["mode"])
+    if req.models is not None:
+        seats = sum(parse_spec(s).count for s in req.models)
+        if seats > settings.max_members:
+            where = req.params["models[0]"].rsplit("[", 1)[0]
+            raise bad_request(f"{seats} panel members: at most {settings.max_members} per "
+                              "request (model*N counts N)", where, "too_many_members")
+
+    # The preset that supplies defaults: `fusion/<p>` always; plain `fusion` only when the
+    # request lists no models (as on the CLI: -m without --preset means no preset).
+    preset = target_preset if spec_target is None and not (
+        req.model == "fusion" and req.models) else None
+    models: list[str] = req.models or (list(preset.models) if preset else [str(spec_target)])
+    judge = req.judge or (spec_target if req.models else None)
+    mode = req.mode
+    options = dict(req.options)
+    passthrough = (spec_target is not None and req.models is None) or depth >= 1
+    if passthrough:
+        # Depth >= 1: another fusion server sent this. Answer with the first member only,
+        # so fusions never nest (docs/server.md, "Recursion").
+        models, judge, mode = [parse_spec(models[0]).id], None, "merge"
+        for name in _PANEL_ONLY:
+            options.pop(name, None)
+        if preset is not None and preset.options.get("quorum") is not None:
+            options["quorum"] = 1
+    n_members = sum(parse_spec(s).count for s in models)
+    _check_options(req, options, n_members)
+    _cap_max_tokens(req, options, preset, settings)
+    options["depth"] = depth
+    try:
+        fusion = Fusion(models, judge, mode,
+                        preset=preset.name if preset else None, config=config, pool=pool,
+                        **options)
+    except UsageError as e:
+        raise usage_error(e, None) from None
+    return Prepared(fusion, req, fusion.plan.preset, passthrough)
+
+
+def _target(model: str, config: Config) -> tuple[Preset | None, str | None]:
+    """(preset, passthrough spec) for the request's `model`."""
+    if model == "fusion":
+        try:
+            return config.default(), None
+        except ConfigError as e:
+            raise usage_error(e, "model") from None
+    if model.startswith("fusion/"):
+        try:
+            return config.preset(model.removeprefix("fusion/")), None
+        except ConfigError as e:
+            raise ApiError(404, str(e), code="model_not_found", param="model") from None
+    if ":" in model and not _URLISH.search(model):
+        check_spec(model, "model", config)
+        return None, model
+    if _URLISH.search(model):
+        check_spec(model, "model", config)  # raises the URL refusal
+    raise ApiError(404, f"model {model!r} does not exist here: use fusion, fusion/<preset> or "
+                   "provider:model (GET /v1/models lists them)", code="model_not_found",
+                   param="model")
+
+
+def check_spec(spec: str, param: str, config: Config) -> None:
+    """A spec must name a configured provider; never a URL (no server-side request forgery)."""
+    if _URLISH.search(spec):
+        raise bad_request(f"{param} looks like a URL ({spec!r}): name a configured provider "
+                          "as provider:model instead", param, "url_not_allowed")
+    try:
+        parsed = parse_spec(spec)
+        config.provider(parsed.provider)
+    except UsageError as e:
+        raise usage_error(e, param) from None
+
+
+def _check_options(req: ChatRequest, options: dict[str, Any], n_members: int) -> None:
+    """The engine's own range checks, one option at a time, so the 400 names the field."""
+    for name, value in options.items():
+        try:
+            FusionOptions(**{name: value}).validate(n_members)
+        except UsageError as e:
+            raise bad_request(str(e).replace("--", ""), req.params.get(name, name)) from None
+
+
+def _cap_max_tokens(req: ChatRequest, options: dict[str, Any], preset: Preset | None,
+                    settings: ServerSettings) -> None:
+    cap = settings.max_tokens_cap
+    asked = options.get("max_tokens")
+    if asked is not None and asked > cap:
+        raise bad_request(f"max_tokens is {asked}: at most {cap} on this server",
+                          req.params.get("max_tokens", "max_tokens"), "max_tokens_too_large")
+    if asked is None and (preset is None or preset.options.get("max_tokens") is None):
+        options["max_tokens"] = cap  # nothing set anywhere: bound the cost of one request

@@ -1,0 +1,222 @@
+"""The wire format: an OpenAI chat-completions body in, OpenAI-shaped objects out.
+
+Parsing is by hand rather than with pydantic models so that every refusal names the exact
+field (`param`, a dotted path such as `fusion.models[1]`) the way OpenAI's errors do.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..types import FusionResult, Message, Usage
+from .errors import bad_request
+
+# Fusion options a request may set in `fusion` (besides models/judge/mode), and their types.
+# `depth` is absent on purpose: the server sets it from X-Fusion-Depth.
+OPTION_TYPES: dict[str, tuple[type, ...]] = {
+    "quorum": (int,), "rounds": (int,), "max_tokens": (int,), "retries": (int,),
+    "seed": (int,), "temperature": (int, float), "judge_temperature": (int, float),
+    "timeout": (int, float), "deadline": (int, float), "system": (str,),
+    "fallback_judge": (str,),
+}
+# Standard chat-completions fields that map onto fusion options.
+STANDARD_OPTIONS = {"temperature": "temperature", "max_tokens": "max_tokens",
+                    "max_completion_tokens": "max_tokens", "seed": "seed"}
+# Fields we cannot honour: refusing beats silently answering a different question.
+UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "logprobs",
+               "top_logprobs", "audio", "modalities", "prediction")
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    model: str  # as the client wrote it; echoed back in responses
+    messages: list[Message]
+    stream: bool = False
+    include_usage: bool = False
+    models: list[str] | None = None  # fusion.models / plugin analysis_models
+    judge: str | None = None
+    mode: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    # Where each option/spec came from, for naming it in a 400.
+    params: dict[str, str] = field(default_factory=dict)
+
+
+def parse_chat_request(raw: bytes) -> ChatRequest:
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise bad_request("the body is not valid JSON", None, "invalid_json") from None
+    if not isinstance(body, dict):
+        raise bad_request("the body must be a JSON object", None, "invalid_json")
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise bad_request("'model' is required: fusion, fusion/<preset> or provider:model",
+                          "model", "missing_required_parameter")
+    for name in UNSUPPORTED:
+        if body.get(name) not in (None, False, [], {}):
+            raise bad_request(f"'{name}' is not supported by fusion", name, "unsupported_parameter")
+    if body.get("n") not in (None, 1):
+        raise bad_request("only n=1 is supported", "n", "unsupported_parameter")
+    fmt = body.get("response_format")
+    if fmt not in (None, {"type": "text"}):
+        raise bad_request("only the text response_format is supported", "response_format",
+                          "unsupported_parameter")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise bad_request("'stream' must be a boolean", "stream")
+    stream_options = body.get("stream_options") or {}
+    if not isinstance(stream_options, dict):
+        raise bad_request("'stream_options' must be an object", "stream_options")
+
+    req = ChatRequest(model=model.strip(), messages=_messages(body.get("messages")),
+                      stream=stream, include_usage=bool(stream_options.get("include_usage")))
+    for name, option in STANDARD_OPTIONS.items():
+        if body.get(name) is not None:
+            _set_option(req, option, body[name], name)
+    plugin = _fusion_plugin(body.get("plugins"))
+    if plugin is not None:
+        _apply_fusion_object(req, plugin, "plugins[fusion]",
+                             aliases={"analysis_models": "models", "model": "judge"})
+    fusion = body.get("fusion")
+    if fusion is not None:
+        if not isinstance(fusion, dict):
+            raise bad_request("'fusion' must be an object", "fusion")
+        _apply_fusion_object(req, fusion, "fusion", aliases={})
+    return req
+
+
+def _messages(raw: Any) -> list[Message]:
+    if not isinstance(raw, list) or not raw:
+        raise bad_request("'messages' must be a non-empty array", "messages",
+                          "missing_required_parameter")
+    out: list[Message] = []
+    for i, m in enumerate(raw):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise bad_request("each message must be an object", where)
+        role = ROLES.get(m.get("role"))  # type: ignore[arg-type]
+        if role is None:
+            raise bad_request(f"role must be one of {sorted(ROLES)}", f"{where}.role")
+        out.append(Message(role, _text(m.get("content"), f"{where}.content")))  # type: ignore[arg-type]
+    if not any(m.role == "user" for m in out):
+        raise bad_request("'messages' needs at least one user message", "messages")
+    return out
+
+
+def _text(content: Any, where: str) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list):  # content parts: text only
+        texts = []
+        for j, part in enumerate(content):
+            if not isinstance(part, dict) or part.get("type") != "text" \
+                    or not isinstance(part.get("text"), str):
+                raise bad_request("only text content parts are supported", f"{where}[{j}]",
+                                  "unsupported_parameter")
+            texts.append(part["text"])
+        return "\n".join(texts)
+    raise bad_request("content must be a string or an array of text parts", where)
+
+
+def _fusion_plugin(plugins: Any) -> dict[str, Any] | None:
+    """OpenRouter's shape: plugins: [{"id": "fusion", "analysis_models": [...], "model": J}]."""
+    if plugins is None:
+        return None
+    if not isinstance(plugins, list):
+        raise bad_request("'plugins' must be an array", "plugins")
+    found = None
+    for i, p in enumerate(plugins):
+        if not isinstance(p, dict) or p.get("id") != "fusion":
+            raise bad_request("only the 'fusion' plugin is supported", f"plugins[{i}].id",
+                              "unsupported_parameter")
+        found = {k: v for k, v in p.items() if k != "id"}
+    return found
+
+
+def _apply_fusion_object(req: ChatRequest, obj: dict[str, Any], where: str,
+                         aliases: dict[str, str]) -> None:
+    for key, value in obj.items():
+        name = aliases.get(key, key)
+        param = f"{where}.{key}"
+        if value is None:
+            continue
+        if name == "models":
+            if isinstance(value, str):  # "a:x, b:y" is accepted as a convenience
+                value = [s.strip() for s in value.split(",") if s.strip()]
+            if not isinstance(value, list) or not value \
+                    or not all(isinstance(s, str) and s.strip() for s in value):
+                raise bad_request("models must be a non-empty array of provider:model strings",
+                                  param)
+            req.models = [s.strip() for s in value]
+            for i, _ in enumerate(value):
+                req.params[f"models[{i}]"] = f"{param}[{i}]"
+        elif name in ("judge", "mode"):
+            if not isinstance(value, str) or not value.strip():
+                raise bad_request(f"{key} must be a non-empty string", param)
+            setattr(req, name, value.strip())
+            req.params[name] = param
+        elif name in OPTION_TYPES:
+            _set_option(req, name, value, param)
+        else:
+            known = sorted({"models", "judge", "mode", *OPTION_TYPES, *aliases})
+            raise bad_request(f"unknown fusion option {key!r}; known: {', '.join(known)}",
+                              param, "unknown_parameter")
+
+
+def _set_option(req: ChatRequest, name: str, value: Any, param: str) -> None:
+    types = OPTION_TYPES[name]
+    if isinstance(value, bool) or not isinstance(value, types):
+        kind = "an integer" if types == (int,) else "a number" if int in types else "a string"
+        raise bad_request(f"{param} must be {kind}", param)
+    req.options[name] = value
+    req.params[name] = param
+
+
+# ---- responses ----
+
+
+def completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex[:24]}"
+
+
+def usage_dict(usage: Usage) -> dict[str, int]:
+    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens}
+
+
+def chat_completion(model: str, result: FusionResult, trace_id: str | None) -> dict[str, Any]:
+    return {
+        "id": completion_id(),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": result.answer, "refusal": None},
+            "logprobs": None,
+            "finish_reason": "stop",
+        }],
+        "usage": usage_dict(result.usage),
+        "system_fingerprint": None,
+        "fusion": {**result.to_dict(), "trace_id": trace_id},
+    }
+
+
+class ChunkMaker:
+    """`chat.completion.chunk` objects sharing one id, as OpenAI streams them."""
+
+    def __init__(self, model: str) -> None:
+        self.base = {"id": completion_id(), "object": "chat.completion.chunk",
+                     "created": int(time.time()), "model": model, "system_fingerprint": None}
+
+    def delta(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {**self.base, "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                          "finish_reason": finish}]}
+
+    def usage(self, usage: Usage) -> dict[str, Any]:
+        return {**self.base, "choices": [], "usage": usage_dict(usage)}

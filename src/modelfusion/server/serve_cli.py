@@ -1,0 +1,72 @@
+"""`fusion serve`: the typer command that starts the server. `register(app)` adds it."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated
+
+import typer
+
+from ..config import load_config
+from ..errors import UsageError
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a hostname: it may resolve to anything
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    db: Annotated[str | None, typer.Option(help="Trace store URL (default: the user data "
+                                           "dir's SQLite file).")] = None,
+    config: Annotated[str | None, typer.Option(help="Config file (else $FUSION_CONFIG, "
+                                               "./fusion.toml, user config dir).")] = None,
+    store_prompts: Annotated[bool, typer.Option(
+        "--store-prompts/--no-store-prompts",
+        help="Keep the request messages in traces (answers and stats are kept either way).")] = True,
+    insecure: Annotated[bool, typer.Option(help="Allow a non-loopback bind without "
+                                           "FUSION_API_KEYS (anyone can spend your keys).")]
+    = False,
+    max_concurrent: Annotated[int, typer.Option(help="Fusions at once; more get 429.")] = 64,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve the OpenAI-compatible API (/v1/chat/completions) and the web page (/)."""
+    import uvicorn
+
+    from ..traces import TraceStore
+    from .app import create_app
+    from .settings import API_KEYS_ENV, ServerSettings, keys_from_env
+
+    keys = keys_from_env()
+    if not keys and not is_loopback(host) and not insecure:
+        raise UsageError(
+            f"refusing to serve on {host} without authentication: set {API_KEYS_ENV}="
+            "key1,key2 (clients send 'Authorization: Bearer key1'), bind to 127.0.0.1, or "
+            "pass --insecure if something else guards this port"
+        )
+    try:
+        settings = ServerSettings(api_keys=keys, max_concurrent=max_concurrent)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    cfg = load_config(config)
+    store = TraceStore.open(db, store_prompts=store_prompts)
+    try:
+        app = create_app(cfg, store, settings)
+        typer.echo(f"modelfusion serving on http://{host}:{port}/ "
+                   f"(auth {'on' if keys else 'off'})", err=True)
+        uvicorn.run(app, host=host, port=port, log_level=log_level,
+                    timeout_graceful_shutdown=10)
+    finally:
+        store.close()
+
+
+def register(app: typer.Typer) -> None:
+    from ..cli import handle_errors
+
+    app.command("serve")(handle_errors(serve))

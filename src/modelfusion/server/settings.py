@@ -1,0 +1,35 @@
+"""The server's own knobs (the fusion ones live in fusion.toml)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+API_KEYS_ENV = "FUSION_API_KEYS"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerSettings:
+    # Bearer keys; empty = no auth (only allowed on loopback unless --insecure).
+    api_keys: tuple[str, ...] = ()
+    max_concurrent: int = 64  # fusions in flight; the next one gets 429
+    max_body_bytes: int = 1 << 20  # 1 MiB
+    max_members: int = 8  # panel seats a request may ask for (model*N counts N)
+    max_tokens_cap: int = 16_384  # per member answer; also the default when none is set
+    max_depth: int = 3  # X-Fusion-Depth at or above this is refused (a loop of servers)
+    retry_after_s: int = 1  # Retry-After on 429
+
+    def __post_init__(self) -> None:
+        for name in ("max_concurrent", "max_body_bytes", "max_members", "max_tokens_cap",
+                     "max_depth", "retry_after_s"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+
+    @property
+    def auth(self) -> bool:
+        return bool(self.api_keys)
+
+
+def keys_from_env() -> tuple[str, ...]:
+    raw = os.environ.get(API_KEYS_ENV, "")
+    return tuple(k.strip() for k in raw.split(",") if k.strip())
