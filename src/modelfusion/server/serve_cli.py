@@ -29,7 +29,7 @@ def serve(
                                                "./fusion.toml, user config dir).")] = None,
     store_prompts: Annotated[bool, typer.Option(
         "--store-prompts/--no-store-prompts",
-        help="Keep the request messages in traces (answers and stats are kept either way).")] = True,
+        help="Keep request messages in traces (answers and stats are kept anyway).")] = True,
     insecure: Annotated[bool, typer.Option(help="Allow a non-loopback bind without "
                                            "FUSION_API_KEYS (anyone can spend your keys).")]
     = False,
