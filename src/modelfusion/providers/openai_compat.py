@@ -9,6 +9,7 @@ arrive with HTTP 200 (an error object in the body, or an error event mid-stream)
 from __future__ import annotations
 
 import email.utils
+import json
 import time
 from typing import Any
 
@@ -39,6 +40,9 @@ class OpenAICompatProvider:
         # Requests are built as dicts (only the fields we set), which the SDK's overloads
         # cannot type-check; the wire format is covered by the tests instead.
         self._create: Any = self._client.chat.completions.create
+        # Streams are read as raw SSE lines: building an SDK object per chunk was about half
+        # of the engine's CPU under load. Request, auth and status errors stay the SDK's.
+        self._stream: Any = self._client.chat.completions.with_streaming_response.create
 
     async def complete(
         self,
@@ -59,20 +63,23 @@ class OpenAICompatProvider:
             request["max_tokens"] = params.max_tokens
         if params.seed is not None:
             request["seed"] = params.seed
+        body = dict(self._extra_body)
         if params.json_schema is not None:
-            request["response_format"] = {
+            # Sent as a plain body field: the SDK would otherwise re-process the schema on
+            # every call (a measurable share of the engine's CPU under load).
+            body["response_format"] = {
                 "type": "json_schema",
                 "json_schema": {"name": "verdict", "schema": params.json_schema, "strict": False},
             }
-        extra = {"extra_headers": headers, "extra_body": self._extra_body or None}
+        extra = {"extra_headers": headers, "extra_body": body or None}
         try:
             if on_delta is None:
                 resp = await self._create(**request, **extra)
                 return _from_response(resp)
-            stream = await self._create(
+            async with self._stream(
                 **request, stream=True, stream_options={"include_usage": True}, **extra
-            )
-            return await _collect_stream(stream, on_delta)
+            ) as response:
+                return await _collect_stream(response, on_delta)
         except openai.APIStatusError as e:
             raise _status_error(e) from None
         except openai.APITimeoutError:
@@ -100,6 +107,12 @@ def _usage(raw: Any) -> tuple[Usage, float | None]:
     return usage, float(cost) if cost is not None else None
 
 
+def _usage_dict(raw: dict[str, Any]) -> tuple[Usage, float | None]:
+    usage = Usage(int(raw.get("prompt_tokens") or 0), int(raw.get("completion_tokens") or 0))
+    cost = raw.get("cost")
+    return usage, float(cost) if cost is not None else None
+
+
 def _from_response(resp: Any) -> Completion:
     extra = getattr(resp, "model_extra", None) or {}
     if extra.get("error"):
@@ -111,23 +124,32 @@ def _from_response(resp: Any) -> Completion:
     return Completion(choice.message.content or "", usage, cost, choice.finish_reason)
 
 
-async def _collect_stream(stream: Any, on_delta: DeltaCallback) -> Completion:
+async def _collect_stream(response: Any, on_delta: DeltaCallback) -> Completion:
     parts: list[str] = []
     usage, cost, finish = Usage(), None, None
-    async with stream:
-        async for chunk in stream:
-            extra = getattr(chunk, "model_extra", None) or {}
-            if extra.get("error"):
-                raise _body_error(extra["error"], "error event in the stream")
-            if chunk.usage is not None:
-                usage, cost = _usage(chunk.usage)
-            for choice in chunk.choices or ():
-                text = choice.delta.content if choice.delta else None
+    try:
+        async for line in response.iter_lines():
+            if not line.startswith("data:"):
+                continue  # blank separators, comments, event names
+            data = line[5:].strip()
+            if data == "[DONE]":
+                break
+            chunk = json.loads(data)
+            if chunk.get("error"):
+                raise _body_error(chunk["error"], "error event in the stream")
+            if chunk.get("usage"):
+                usage, cost = _usage_dict(chunk["usage"])
+            for choice in chunk.get("choices") or ():
+                text = (choice.get("delta") or {}).get("content")
                 if text:
                     parts.append(text)
                     on_delta(text)
-                if choice.finish_reason:
-                    finish = choice.finish_reason
+                if choice.get("finish_reason"):
+                    finish = choice["finish_reason"]
+    except (ProviderError, ValueError):
+        raise  # ours, or malformed JSON (mapped to bad_response by the caller)
+    except Exception as e:  # the transport broke mid-stream (reset, cut, protocol error)
+        raise ProviderError("upstream_error", f"the stream broke: {e!r}", retryable=True) from None
     if finish is None:
         raise ProviderError("upstream_error", "the stream ended before it finished",
                             retryable=True)
