@@ -3,6 +3,7 @@
 from .config import Config, load_config
 from .errors import (
     AllMembersFailed,
+    BudgetExceeded,
     ConfigError,
     FusionError,
     MissingKeyError,
@@ -25,6 +26,7 @@ from .types import (
 
 __all__ = [
     "AllMembersFailed",
+    "BudgetExceeded",
     "Completion",
     "Config",
     "ConfigError",

@@ -16,7 +16,7 @@ from rich.panel import Panel as RichPanel
 from rich.table import Table
 
 from .config import load_config
-from .errors import AllMembersFailed, FusionError, UsageError
+from .errors import AllMembersFailed, BudgetExceeded, FusionError, UsageError
 from .fusion import Fusion
 from .modes import MODES
 from .progress import LiveProgress
@@ -92,6 +92,11 @@ def ask(
     rounds: Annotated[int | None, typer.Option(help="Debate rounds (mode debate).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for the shuffle and sampling.")]
     = None,
+    max_cost: Annotated[float | None, typer.Option(help="USD limit for the whole fusion: "
+                                                   "refused up front if the worst case "
+                                                   "exceeds it, stopped when crossed.")] = None,
+    max_total_tokens: Annotated[int | None, typer.Option(help="Token limit for the whole "
+                                                         "fusion (same rules).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")]
     = False,
     show: Annotated[bool, typer.Option(help="Print every member's answer too.")] = False,
@@ -110,7 +115,8 @@ def ask(
     fusion = Fusion(
         model or None, judge, mode, preset=preset, config=config, offline=offline or None,
         system=system, temperature=temperature, max_tokens=max_tokens, timeout=timeout,
-        deadline=deadline, quorum=quorum, rounds=rounds, seed=seed,
+        deadline=deadline, quorum=quorum, rounds=rounds, seed=seed, max_cost=max_cost,
+        max_total_tokens=max_total_tokens,
     )
     from .traces import TraceStore  # SQLAlchemy loads only for commands that need it
 
@@ -120,7 +126,7 @@ def ask(
     with TraceStore.open(db, store_prompts=store_prompts) as store:  # bad --db: exit 2 now
         try:
             result = asyncio.run(_run(fusion, text, live=err.is_terminal and not as_json))
-        except AllMembersFailed as e:
+        except (AllMembersFailed, BudgetExceeded) as e:
             store.record(None, messages=messages, source="cli", preset=fusion.plan.preset,
                          error=e, mode=fusion.plan.mode)
             if as_json:

@@ -105,7 +105,7 @@ class Preset:
 # Options a preset (or a caller) may set besides models/judge/mode.
 OPTION_NAMES = {
     "quorum", "rounds", "temperature", "max_tokens", "timeout", "deadline", "retries",
-    "system", "seed", "judge_temperature", "fallback_judge",
+    "system", "seed", "judge_temperature", "fallback_judge", "max_cost", "max_total_tokens",
 }
 
 # The embedded default: chosen when neither the caller nor the config names models.

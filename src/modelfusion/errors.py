@@ -7,7 +7,8 @@
     │   └── OfflineError      a cloud provider was named while offline
     ├── ProviderError         one call to one model failed; carries a typed reason
     └── RunError              the fusion as a whole failed (exit code 1)
-        └── AllMembersFailed  no member produced an answer; lists each member's reason
+        ├── AllMembersFailed  no member produced an answer; lists each member's reason
+        └── BudgetExceeded    --max-cost / --max-total-tokens crossed (or would be)
 """
 
 from __future__ import annotations
@@ -72,3 +73,16 @@ class AllMembersFailed(RunError):
         self.members = members
         detail = "; ".join(f"{m.model}: {m.reason} ({m.error})" for m in members)
         super().__init__(f"all members failed: {detail}")
+
+
+class BudgetExceeded(RunError):
+    """A spending limit was (or would be) crossed; says what was spent."""
+
+    code = "budget_exceeded"
+
+    def __init__(self, message: str, *, spent_tokens: int, spent_cost: float,
+                 members: list[MemberResult] | None = None) -> None:
+        super().__init__(message)
+        self.spent_tokens = spent_tokens
+        self.spent_cost = spent_cost
+        self.members = members or []

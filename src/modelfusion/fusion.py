@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from .budget import Budget, estimate_tokens
 from .config import OPTION_NAMES, Config, load_config, parse_spec
 from .errors import AllMembersFailed, UsageError
 from .judge import Judge, JudgeSeat
@@ -53,6 +54,8 @@ class FusionOptions:
     system: str | None = None
     seed: int | None = None  # shuffle seed (and sampling seed where supported)
     fallback_judge: str | None = None
+    max_cost: float | None = None  # USD for the whole fusion
+    max_total_tokens: int | None = None
     depth: int = 0  # fusion depth of the incoming request (the server sets it)
 
     def validate(self, n_members: int) -> None:
@@ -70,6 +73,10 @@ class FusionOptions:
                 raise UsageError(f"{name} must be between 0 and 2")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise UsageError("--max-tokens must be at least 1")
+        if self.max_cost is not None and self.max_cost <= 0:
+            raise UsageError("--max-cost must be a positive amount of USD")
+        if self.max_total_tokens is not None and self.max_total_tokens < 1:
+            raise UsageError("--max-total-tokens must be at least 1")
 
 
 _OPTION_FIELDS = {f.name for f in fields(FusionOptions)}
@@ -263,13 +270,20 @@ class Fusion:
                         *[m for m in messages if m.role != "system"]]
 
         members = [self._member(i, seat) for i, seat in enumerate(plan.seats)]
+        budget = Budget(max_cost=opts.max_cost, max_total_tokens=opts.max_total_tokens)
+        budget.precheck([(m.label, m.price) for m in members],
+                        estimate_tokens("".join(m.content for m in messages)), opts.max_tokens)
         panel = Panel(
             PanelOptions(timeout=opts.timeout, retries=opts.retries, backoff=opts.retry_backoff,
                          quorum=opts.quorum),
-            emit, headers,
+            emit, headers, budget,
         )
         results = await panel.run([(m, messages) for m in members], deadline_at=deadline_at)
         panel_done = time.monotonic()
+        if budget.active and budget.over():
+            error = budget.error()
+            error.members = results
+            raise error
         candidates = [r for r in results if r.ok]
         if not candidates:
             raise AllMembersFailed(results)

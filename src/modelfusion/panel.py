@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .budget import Budget
 from .config import Price
 from .errors import ProviderError
 from .providers.base import Provider
@@ -45,10 +46,12 @@ class PanelOptions:
 
 
 class Panel:
-    def __init__(self, options: PanelOptions, emit: Emit, headers: dict[str, str]) -> None:
+    def __init__(self, options: PanelOptions, emit: Emit, headers: dict[str, str],
+                 budget: Budget | None = None) -> None:
         self.options = options
         self._emit = emit
         self._headers = headers
+        self._budget = budget if budget is not None and budget.active else None
 
     async def run(
         self,
@@ -67,29 +70,37 @@ class Panel:
         quorum = self.options.quorum
         pending: set[asyncio.Task[None]] = set(tasks)
         answered = 0
+        # The budget's trip wire is one more thing to wait on: crossing it stops everyone.
+        trip = (asyncio.create_task(self._budget.tripped().wait())
+                if self._budget is not None else None)
         try:
             while pending:
                 remaining = deadline_at - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or (trip is not None and trip.done()):
                     break
-                done, pending = await asyncio.wait(
-                    pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
-                )
+                waiting = pending | {trip} if trip is not None else pending
+                await asyncio.wait(waiting, timeout=remaining,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                pending = {t for t in pending if not t.done()}
                 answered = sum(r.ok for r in results)
                 if quorum and answered >= quorum:
                     break
         finally:
             for task in pending:
                 task.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
+            if trip is not None:
+                trip.cancel()
+            await asyncio.gather(*pending, *([trip] if trip else []), return_exceptions=True)
         for result, task in zip(results, tasks, strict=True):
             if task in pending:
                 result.latency_ms = (time.monotonic() - started) * 1000
-                stopped_by_quorum = bool(quorum and answered >= quorum)
-                self._fail(result, "cancelled" if stopped_by_quorum else "timeout",
-                           "cancelled: quorum reached" if stopped_by_quorum
-                           else "the fusion deadline passed", round_no)
+                if self._budget is not None and self._budget.over():
+                    reason, why = "cancelled", "stopped: the budget was exceeded"
+                elif quorum and answered >= quorum:
+                    reason, why = "cancelled", "cancelled: quorum reached"
+                else:
+                    reason, why = "timeout", "the fusion deadline passed"
+                self._fail(result, reason, why, round_no)
         return results
 
     async def _run_member(
@@ -135,12 +146,12 @@ class Panel:
                     member.model,
                     messages,
                     member.params,
-                    on_delta=lambda text: emit(
-                        FusionEvent("member_delta", member=i, text=text, round=round_no)
-                    ),
+                    on_delta=lambda text: self._delta(member, text, round_no),
                     headers=self._headers,
                 )
             except ProviderError as e:
+                if self._budget is not None:
+                    self._budget.settle(i)  # what it streamed before failing was spent
                 if not e.retryable or attempt == self.options.retries:
                     raise
                 wait = e.retry_after if e.retry_after is not None else self._backoff(attempt)
@@ -156,11 +167,18 @@ class Panel:
             if result.cost is None and member.price is not None:
                 u = completion.usage
                 result.cost = member.price.cost(u.prompt_tokens, u.completion_tokens)
+            if self._budget is not None:
+                self._budget.settle(i, completion.usage, result.cost)
             result.status, result.reason = "ok", None
             result.latency_ms = (time.monotonic() - started) * 1000
             emit(FusionEvent("member_done", member=i, model=member.label, member_result=result,
                              round=round_no))
             return
+
+    def _delta(self, member: Member, text: str, round_no: int | None) -> None:
+        if self._budget is not None:
+            self._budget.streamed(member.index, member.price)
+        self._emit(FusionEvent("member_delta", member=member.index, text=text, round=round_no))
 
     def _backoff(self, attempt: int) -> float:
         ceiling = min(self.options.backoff_max, self.options.backoff * 2**attempt)

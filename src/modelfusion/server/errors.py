@@ -10,6 +10,7 @@ from typing import Any
 
 from ..errors import (
     AllMembersFailed,
+    BudgetExceeded,
     ConfigError,
     FusionError,
     MissingKeyError,
@@ -95,6 +96,9 @@ def run_failure(e: FusionError, *, deadline_passed: bool) -> ApiError:
         return ApiError(502, str(e), code="all_members_failed", extra={"members": members})
     if isinstance(e, UsageError):
         return usage_error(e, None)
+    if isinstance(e, BudgetExceeded):  # the request's own limit, not an upstream failure
+        return ApiError(400, str(e), code=e.code, param="fusion.max_cost",
+                        extra={"spent": {"tokens": e.spent_tokens, "cost": e.spent_cost}})
     return ApiError(502, str(e), code=e.code)
 
 

@@ -21,7 +21,7 @@ OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "quorum": (int,), "rounds": (int,), "max_tokens": (int,), "retries": (int,),
     "seed": (int,), "temperature": (int, float), "judge_temperature": (int, float),
     "timeout": (int, float), "deadline": (int, float), "system": (str,),
-    "fallback_judge": (str,),
+    "fallback_judge": (str,), "max_cost": (int, float), "max_total_tokens": (int,),
 }
 # Standard chat-completions fields that map onto fusion options.
 STANDARD_OPTIONS = {"temperature": "temperature", "max_tokens": "max_tokens",
