@@ -18,6 +18,7 @@ from rich.table import Table
 from .config import load_config
 from .errors import AllMembersFailed, BudgetExceeded, FusionError, UsageError
 from .fusion import Fusion
+from .local_cli import prepare as prepare_local_models
 from .modes import MODES
 from .progress import LiveProgress
 from .types import FusionResult, Message
@@ -124,6 +125,7 @@ def ask(
     messages = [*([Message("system", system_prompt)] if system_prompt else []),
                 Message("user", text)]
     with TraceStore.open(db, store_prompts=store_prompts) as store:  # bad --db: exit 2 now
+        prepare_local_models(fusion, err)
         try:
             result = asyncio.run(_run(fusion, text, live=err.is_terminal and not as_json))
         except (AllMembersFailed, BudgetExceeded) as e:
@@ -209,11 +211,16 @@ def models(
     out.print(presets)
     if cfg.source:
         out.print(f"[dim]config: {cfg.source}[/dim]")
+    from .local_cli import models_table
+
+    out.print(models_table())
 
 
+from .local_cli import register as register_local_commands  # noqa: E402
 from .server.serve_cli import register as register_serve_command  # noqa: E402
 from .trace_cli import register as register_trace_commands  # noqa: E402
 
+register_local_commands(app)
 register_serve_command(app)
 register_trace_commands(app)
 

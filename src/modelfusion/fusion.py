@@ -46,6 +46,7 @@ class FusionOptions:
     rounds: int = 1
     temperature: float | None = None  # members; None = provider default (0.7 for copies)
     judge_temperature: float = 0.0
+    judge_max_tokens: int = 2048  # room for a merge answer plus its analysis
     max_tokens: int | None = None
     timeout: float = 120.0  # per member, seconds
     deadline: float = 300.0  # whole fusion, seconds
@@ -183,7 +184,7 @@ class Fusion:
         seats: list[_Seat] = []
         for spec in specs:
             parsed = parse_spec(spec)
-            self.config.provider(parsed.provider)  # unknown provider, key, offline: fail now
+            self._preflight(parsed.provider, parsed.model)
             for k in range(parsed.count):
                 temperature = opts.temperature
                 if parsed.count > 1 and temperature is None:
@@ -207,11 +208,19 @@ class Fusion:
             preset=preset.name if preset else None,
         )
 
+    def _preflight(self, provider: str, model: str) -> None:
+        """Unknown provider, missing key, offline, a local model that can't load: fail now."""
+        cfg = self.config.provider(provider)
+        if cfg.kind == "local":
+            from .providers.local import check_model  # llama-cpp-python only when used
+
+            check_model(model)
+
     def _judge_seat(self, spec: str, opts: FusionOptions) -> _Seat:
         parsed = parse_spec(spec)
-        self.config.provider(parsed.provider)
+        self._preflight(parsed.provider, parsed.model)
         params = GenerationParams(temperature=opts.judge_temperature, seed=opts.seed,
-                                  max_tokens=max(opts.max_tokens or 0, 2048))
+                                  max_tokens=opts.judge_max_tokens)
         return _Seat(parsed.id, parsed.provider, parsed.model, params)
 
     async def aclose(self) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from .budget import Budget
 from .config import Price
-from .errors import ProviderError
+from .errors import FusionError, ProviderError
 from .providers.base import Provider
 from .types import FusionEvent, GenerationParams, MemberResult, Message
 
@@ -112,19 +112,29 @@ class Panel:
         round_no: int | None,
     ) -> None:
         started = time.monotonic()
-        end = min(deadline_at, started + self.options.timeout)
+        end = deadline_at
+        acquired = False
         try:
+            if member.limit is not None:
+                # Queueing for a max_parallel slot counts against the deadline only: the
+                # member's own timeout starts when it is actually sent.
+                async with asyncio.timeout_at(_loop_time(deadline_at)):
+                    await member.limit.acquire()
+                acquired = True
+                started = time.monotonic()  # latency is the member's own, not the queue's
+            end = min(deadline_at, started + self.options.timeout)
             async with asyncio.timeout_at(_loop_time(end)):
-                if member.limit is not None:
-                    async with member.limit:
-                        await self._attempts(member, messages, result, started, end, round_no)
-                else:
-                    await self._attempts(member, messages, result, started, end, round_no)
+                await self._attempts(member, messages, result, started, end, round_no)
         except TimeoutError:
             self._fail(result, "timeout", f"no answer within {self.options.timeout:g} s"
                        if end < deadline_at else "the fusion deadline passed", round_no)
         except ProviderError as e:
             self._fail(result, e.reason, str(e), round_no)
+        except FusionError as e:  # e.g. a local model that cannot load: this member only
+            self._fail(result, "upstream_error", str(e), round_no)
+        finally:
+            if acquired and member.limit is not None:
+                member.limit.release()
         if not result.ok:
             result.latency_ms = (time.monotonic() - started) * 1000
 

@@ -22,6 +22,7 @@ OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "seed": (int,), "temperature": (int, float), "judge_temperature": (int, float),
     "timeout": (int, float), "deadline": (int, float), "system": (str,),
     "fallback_judge": (str,), "max_cost": (int, float), "max_total_tokens": (int,),
+    "judge_max_tokens": (int,),
 }
 # Standard chat-completions fields that map onto fusion options.
 STANDARD_OPTIONS = {"temperature": "temperature", "max_tokens": "max_tokens",

@@ -1,0 +1,263 @@
+"""Benchmarks for the embedded `local:` provider. Run on demand: `python bench/local.py`.
+
+1. overhead: LocalProvider vs bare llama-cpp-python, same model, prompt and settings,
+   alternating runs in one process: time to first token and decode tokens/s, and their
+   ratio (goal: provider >= 0.95 of bare).
+2. schedule: two different local models answering at once, run one after the other
+   (LOCAL_CONCURRENCY=1) vs concurrently (2): total wall time and when the first answer
+   is complete.
+3. memory: peak RSS with both shipped models loaded.
+
+Every measurement prints how much CPU other processes used meanwhile ("foreign", in
+cores): on a 2-core machine any foreign load distorts the numbers, so read them with it.
+Uses MODELFUSION_HOME like the rest of modelfusion (assembles the models if needed).
+
+`time_async(make_call, runs)` is the helper for end-to-end timings (e.g. a fused answer
+vs a single model): pass a zero-argument function returning a fresh coroutine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from modelfusion import local_models  # noqa: E402
+from modelfusion.config import builtin_providers  # noqa: E402
+from modelfusion.providers import local  # noqa: E402
+from modelfusion.types import GenerationParams, Message  # noqa: E402
+
+SMALL = "qwen2.5-coder-0.5b"
+LARGE = "qwen2.5-coder-1.5b"
+PROMPT = [
+    Message("system", "You are a careful Python programmer."),
+    Message("user", "Write a Python function `merge_intervals(intervals)` that merges "
+                    "overlapping intervals, with a docstring, and explain it briefly."),
+]
+
+
+# ---------------------------------------------------------------------------------------
+# Helpers
+
+
+class Foreign:
+    """Average number of cores used by *other* processes while the block ran."""
+
+    def __enter__(self) -> Foreign:
+        self._busy, self._own, self._t = _busy_s(), _own_s(), time.monotonic()
+        self.cores = 0.0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall = time.monotonic() - self._t
+        other = (_busy_s() - self._busy) - (_own_s() - self._own)
+        self.cores = max(0.0, other / wall) if wall > 0 else 0.0
+
+
+def _busy_s() -> float:
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_s() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def rss_mb() -> tuple[float, float]:
+    """(current, peak) resident set size of this process in MB."""
+    current = 0.0
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                current = int(line.split()[1]) / 1024
+    return current, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+async def time_async(make_call: Callable[[], Awaitable[Any]], runs: int = 3) -> list[float]:
+    """Wall seconds of `runs` sequential awaits of fresh coroutines from `make_call`."""
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        await make_call()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+@dataclass
+class Run:
+    ttft: float  # seconds from the call to the first streamed text
+    decode_tps: float  # tokens/s after the first token
+    tokens: int
+    text: str
+    foreign: float
+
+
+def on_decode_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run llama.cpp work on the provider's decode thread, as the provider itself does.
+
+    Every thread that enters llama.cpp gets an OpenMP team, and more teams than cores
+    slow everything (see providers/local.py), so the bench adds none of its own.
+    """
+    return local._DECODE_EXECUTOR.submit(fn, *args).result()
+
+
+def _rate(tokens: int, first: float, last: float) -> float:
+    return (tokens - 1) / (last - first) if tokens > 1 and last > first else 0.0
+
+
+# ---------------------------------------------------------------------------------------
+# 1. Provider vs bare llama-cpp-python
+
+
+def bare_run(llama: Any, params: GenerationParams) -> Run:
+    """The same request, straight through llama-cpp-python (streaming, fresh prompt eval)."""
+    with Foreign() as fg:
+        llama.reset()  # the provider re-evaluates the prompt when a seed is given; so do we
+        start = time.perf_counter()
+        first = last = 0.0
+        parts: list[str] = []
+        for chunk in llama.create_chat_completion(
+            [m.to_dict() for m in PROMPT], temperature=params.temperature,
+            max_tokens=params.max_tokens, seed=params.seed, stream=True,
+        ):
+            text = chunk["choices"][0]["delta"].get("content")
+            if text:
+                last = time.perf_counter()
+                first = first or last
+                parts.append(text)
+    # Rates count streamed pieces on both sides (one per token, bar held-back UTF-8 bytes).
+    n = len(parts)
+    return Run(first - start, _rate(n, first, last), n, "".join(parts), fg.cores)
+
+
+async def provider_run(provider: local.LocalProvider, params: GenerationParams) -> Run:
+    stamps: list[float] = []
+    parts: list[str] = []
+
+    def on_delta(text: str) -> None:
+        stamps.append(time.perf_counter())
+        parts.append(text)
+
+    with Foreign() as fg:
+        start = time.perf_counter()
+        done = await provider.complete(SMALL, PROMPT, params, on_delta=on_delta)
+    n = len(parts)
+    return Run(stamps[0] - start, _rate(n, stamps[0], stamps[-1]), n, done.content, fg.cores)
+
+
+def bench_overhead(runs: int, max_tokens: int) -> None:
+    import llama_cpp
+
+    print(f"\n== overhead: LocalProvider vs bare llama-cpp-python ({SMALL}, "
+          f"max_tokens={max_tokens}, {local.n_threads()} threads, {runs} runs each) ==")
+    path = local_models.resolve(SMALL)
+    bare = on_decode_thread(local._load_llama, path, llama_cpp.Llama)
+    provider = local.LocalProvider(builtin_providers()["local"])
+    params = GenerationParams(temperature=0.0, seed=0, max_tokens=max_tokens)
+    asyncio.run(provider_run(provider, params))  # load + warm both before timing
+    on_decode_thread(bare_run, bare, params)
+    b_runs: list[Run] = []
+    p_runs: list[Run] = []
+    for _ in range(runs):  # alternate, so drift in machine load hits both sides alike
+        b_runs.append(on_decode_thread(bare_run, bare, params))
+        p_runs.append(asyncio.run(provider_run(provider, params)))
+    for label, rs in (("bare", b_runs), ("provider", p_runs)):
+        print(f"  {label:9s} ttft " + " ".join(f"{r.ttft * 1000:6.0f}ms" for r in rs)
+              + "  decode " + " ".join(f"{r.decode_tps:5.1f}" for r in rs)
+              + " tok/s  foreign " + " ".join(f"{r.foreign:.2f}" for r in rs))
+    same = all(r.text == b_runs[0].text for r in b_runs + p_runs)
+    tps = statistics.median(r.decode_tps for r in p_runs) / statistics.median(
+        r.decode_tps for r in b_runs)
+    ttft = statistics.median(r.ttft for r in b_runs) / statistics.median(
+        r.ttft for r in p_runs)
+    print(f"  identical text on every run: {same}; tokens {p_runs[0].tokens}")
+    print(f"  RATIO provider/bare: decode tokens/s {tps:.3f}, time-to-first-token "
+          f"(bare/provider) {ttft:.3f}   goal >= 0.95")
+    bare.close()
+    local.unload_all()
+
+
+# ---------------------------------------------------------------------------------------
+# 2. Scheduling: two local members one after the other vs at once
+
+
+async def _two_members(provider: local.LocalProvider, max_tokens: int) -> dict[str, float]:
+    params = GenerationParams(temperature=0.0, seed=0, max_tokens=max_tokens)
+    start = time.perf_counter()
+    finished: dict[str, float] = {}
+
+    async def one(model: str) -> None:
+        await provider.complete(model, PROMPT, params)
+        finished[model] = time.perf_counter() - start
+
+    await asyncio.gather(one(SMALL), one(LARGE))
+    return {"total": time.perf_counter() - start, "first": min(finished.values()),
+            SMALL: finished[SMALL], LARGE: finished[LARGE]}
+
+
+def _set_slots(slots: int) -> None:
+    old, local._DECODE_EXECUTOR = local._DECODE_EXECUTOR, local._decode_executor(slots)
+    old.shutdown(wait=True)  # its threads exit, and their OpenMP teams with them
+
+
+def bench_schedule(runs: int, max_tokens: int) -> None:
+    print(f"\n== scheduling: {SMALL} + {LARGE} together, max_tokens={max_tokens} ==")
+    provider = local.LocalProvider(builtin_providers()["local"])
+    asyncio.run(_two_members(provider, 8))  # load both before timing
+    try:
+        for _ in range(runs):
+            for slots in (1, 2):
+                _set_slots(slots)
+                with Foreign() as fg:
+                    t = asyncio.run(_two_members(provider, max_tokens))
+                name = "one after the other" if slots == 1 else "concurrently       "
+                print(f"  {name} total {t['total']:6.2f}s  first answer {t['first']:6.2f}s  "
+                      f"(0.5b {t[SMALL]:5.2f}s, 1.5b {t[LARGE]:5.2f}s)  foreign {fg.cores:.2f}")
+    finally:
+        _set_slots(local.LOCAL_CONCURRENCY)
+    current, peak = rss_mb()
+    print(f"\n== memory: both models loaded: RSS {current:,.0f} MB, peak {peak:,.0f} MB; "
+          f"estimated {sum(s for _, s in local.loaded_models()) / 2**20:,.0f} MB "
+          f"against a budget of {local.memory_budget_bytes() / 2**20:,.0f} MB ==")
+
+
+def bench_load() -> None:
+    print("\n== load times (first load after the file is in the page cache) ==")
+    for name in (SMALL, LARGE):
+        path = local_models.resolve(name)
+        start = time.perf_counter()
+        llama = on_decode_thread(local._load_llama, path)
+        print(f"  {name}: {time.perf_counter() - start:.2f}s")
+        llama.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--only", choices=["overhead", "schedule", "load"])
+    args = parser.parse_args()
+    print(f"llama-cpp threads {local.n_threads()}, n_ctx {local.n_ctx()}, "
+          f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}, cores {os.cpu_count()}")
+    if args.only in (None, "load"):
+        bench_load()
+    if args.only in (None, "overhead"):
+        bench_overhead(args.runs, args.max_tokens)
+    if args.only in (None, "schedule"):
+        bench_schedule(args.runs, args.max_tokens)
+
+
+if __name__ == "__main__":
+    main()

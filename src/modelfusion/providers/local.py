@@ -1,0 +1,492 @@
+"""The embedded, offline provider: GGUF models run in-process through llama-cpp-python.
+
+`local:qwen2.5-coder-0.5b` names a catalogue model (assembled from the shipped data
+packages, see local_models.py); `local:/path/to/model.gguf` loads a user's own file.
+
+How calls run (measured choices, see docs/local.md):
+- Loaded models live in one process-wide LRU cache bounded by a memory budget, so a judge
+  and a member that use the same model share one copy.
+- Inference runs on LOCAL_CONCURRENCY dedicated decode threads (default 1), never on the
+  event loop; calls queue for them in order. llama.cpp is not thread-safe per model, so
+  each model also has a lock.
+- Deltas reach `on_delta` on the event loop thread. Cancelling the awaiting task sets a
+  flag that the decode thread checks between tokens, and that llama.cpp itself polls
+  while it evaluates a prompt, so the thread is free again within one token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Generator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import local_models
+from ..config import ProviderConfig
+from ..errors import ProviderError, UsageError
+from ..types import Completion, GenerationParams, Message, Usage
+from .base import DeltaCallback, register_kind
+
+# llama.cpp's OpenMP threads spin at every barrier. With libgomp's default spin count, one
+# busy core elsewhere slows decoding 3-10x; 3000 keeps idle-machine speed and degrades
+# gracefully (measured, see docs/local.md). libgomp reads it once, when llama_cpp loads it.
+if "OMP_WAIT_POLICY" not in os.environ:
+    os.environ.setdefault("GOMP_SPINCOUNT", "3000")
+
+llama_cpp: Any
+llama_c: Any
+try:  # optional dependency: the `local` extra
+    import llama_cpp
+    import llama_cpp.llama_cpp as llama_c
+except ImportError:  # pragma: no cover - exercised only without the extra
+    llama_cpp = None
+    llama_c = None
+
+# Decodes that may run at once in this process. 1: measured on 2 idle cores, the 0.5B and
+# 1.5B answering 128 tokens each took 15.6 s one after the other vs 17.1 s at once, and the
+# first answer was complete after 4.9 s vs 9.6 s (docs/local.md has the numbers).
+LOCAL_CONCURRENCY = 1
+DEFAULT_MEMORY_MB = 4096  # both shipped models (~2.1 GB estimated) fit with room to spare
+DEFAULT_N_CTX = 4096  # prompt + answer; a judge prompt with 3-4 candidates fits
+_OVERHEAD_BYTES = 128 << 20  # compute buffers and bookkeeping per loaded model, estimated
+
+_POLL_S = 0.05  # how often a call waiting for a busy model looks at its cancel flag
+
+
+def _decode_executor(slots: int) -> ThreadPoolExecutor:
+    # Decodes run on these long-lived threads only, never on arbitrary pool threads: each OS
+    # thread that enters llama.cpp gets its own OpenMP team, and once libgomp manages more
+    # threads than there are cores it stops spin-waiting, which cost a third of the decode
+    # speed here (27 -> 18 tokens/s, 0.5B). The queue of this executor is the scheduler.
+    return ThreadPoolExecutor(max_workers=slots, thread_name_prefix="modelfusion-local")
+
+
+_DECODE_EXECUTOR = _decode_executor(LOCAL_CONCURRENCY)
+
+
+class _Cancelled(Exception):
+    """Raised inside llama-cpp-python's generators to stop work for a cancelled call."""
+
+
+# ---------------------------------------------------------------------------------------
+# Settings from the environment
+
+
+def memory_budget_bytes() -> int:
+    return _env_int("MODELFUSION_LOCAL_MEMORY_MB", DEFAULT_MEMORY_MB) << 20
+
+
+def n_ctx() -> int:
+    return _env_int("MODELFUSION_LOCAL_N_CTX", DEFAULT_N_CTX)
+
+
+def n_threads() -> int:
+    default = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+        os.cpu_count() or 1)
+    return _env_int("MODELFUSION_LOCAL_THREADS", default)
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise UsageError(f"{name}={raw!r} must be a positive whole number (default {default})")
+    return value
+
+
+def _use_extra_buffers() -> bool:
+    """Whether llama.cpp may use its extra CPU buffer types (AMX, weight repacking).
+
+    llama.cpp's AMX kernels crash with a protection fault on VMs that advertise AMX but do
+    not let guests use it (seen on the 2-core dev machines), so they stay off whenever the
+    build reports AMX. MODELFUSION_LOCAL_EXTRA_BUFFERS=1 / 0 overrides the guess.
+    """
+    forced = os.environ.get("MODELFUSION_LOCAL_EXTRA_BUFFERS", "").strip()
+    if forced:
+        return forced.lower() in {"1", "true", "yes", "on"}
+    info = llama_c.llama_print_system_info().decode(errors="replace")
+    return "AMX_INT8 = 1" not in info
+
+
+# ---------------------------------------------------------------------------------------
+# One loaded model
+
+
+def _require_llama_cpp() -> None:
+    if llama_cpp is None:
+        raise UsageError(
+            "local: models need llama-cpp-python, which is not installed. "
+            f"Install the local extra: {local_models.INSTALL_HINT}"
+        )
+
+
+_LLAMA_LOG = logging.getLogger("llama-cpp-python")  # where llama-cpp-python routes C logs
+_NO_ABORT = llama_c.ggml_abort_callback() if llama_c is not None else None  # NULL pointer
+
+
+def _llama_class() -> type:
+    class _Llama(llama_cpp.Llama):
+        """Llama that counts tokens and can be stopped between tokens and mid-prompt."""
+
+        cancel: threading.Event | None = None
+        prompt_tokens = 0
+        sampled_tokens = 0
+        last_token = -1
+
+        def _check(self) -> None:
+            if self.cancel is not None and self.cancel.is_set():
+                raise _Cancelled
+
+        def eval(self, tokens: Any) -> None:
+            self._check()
+            cancel = self.cancel
+            if cancel is None or len(tokens) <= 1:
+                super().eval(tokens)  # one decode step: checked again before the next
+                return
+            # A prompt takes seconds: let llama.cpp poll the flag between graph nodes and
+            # abort mid-batch (measured: no cost, stops within ~20 ms).
+            abort = llama_c.ggml_abort_callback(lambda _data: cancel.is_set())
+            llama_c.llama_set_abort_callback(self._ctx.ctx, abort, None)
+            level = _LLAMA_LOG.level
+            _LLAMA_LOG.setLevel(logging.CRITICAL)  # an abort is logged as an error: expected
+            try:
+                super().eval(tokens)
+            except RuntimeError:  # "llama_decode returned 2": aborted
+                if cancel.is_set():
+                    raise _Cancelled from None
+                raise
+            finally:
+                llama_c.llama_set_abort_callback(self._ctx.ctx, _NO_ABORT, None)
+                _LLAMA_LOG.setLevel(level)
+
+        def generate(
+            self, tokens: Any, *args: Any, **kwargs: Any
+        ) -> Generator[int, Any, None]:
+            self.prompt_tokens = len(tokens)
+            self.sampled_tokens = 0
+            gen = super().generate(tokens, *args, **kwargs)
+            try:
+                sent = None
+                while True:
+                    try:
+                        token = gen.send(sent)
+                    except StopIteration:
+                        return
+                    self.sampled_tokens += 1
+                    self.last_token = token
+                    self._check()
+                    sent = yield token
+            finally:
+                gen.close()
+
+        def completion_tokens(self) -> int:
+            eog = llama_c.llama_vocab_is_eog(self._model.vocab, self.last_token)
+            return max(0, self.sampled_tokens - (1 if eog else 0))
+
+    return _Llama
+
+
+_LLAMA_CLASS: type | None = None
+_PATCH_LOCK = threading.Lock()  # guards the temporary params patch in _load_llama
+
+
+def _load_llama(path: Path, cls: type | None = None) -> Any:
+    """Construct a Llama (our counting subclass unless `cls` is given) with our settings."""
+    global _LLAMA_CLASS
+    _require_llama_cpp()
+    if cls is None:
+        if _LLAMA_CLASS is None:
+            _LLAMA_CLASS = _llama_class()
+        cls = _LLAMA_CLASS
+    extra = _use_extra_buffers()
+    with _PATCH_LOCK:
+        # Llama() has no switch for extra buffer types, so its default model params are
+        # adjusted for the duration of this one construction.
+        original = llama_c.llama_model_default_params
+
+        def params() -> Any:
+            p = original()
+            p.use_extra_bufts = extra
+            return p
+
+        llama_c.llama_model_default_params = params
+        try:
+            return cls(
+                model_path=str(path), n_ctx=n_ctx(), n_threads=n_threads(),
+                n_threads_batch=n_threads(), verbose=False,
+            )
+        except ValueError:  # llama-cpp-python's "Failed to load model from file"
+            raise UsageError(
+                f"llama.cpp could not load {path}: is it a complete GGUF model of an "
+                f"architecture llama-cpp-python {llama_cpp.__version__} supports?"
+            ) from None
+        finally:
+            llama_c.llama_model_default_params = original
+
+
+def _estimate_bytes(path: Path, llama: Any) -> int:
+    """File size + KV cache for n_ctx (f16) + compute buffers: what the model will hold."""
+    meta = llama.metadata
+    arch = meta.get("general.architecture", "")
+    try:
+        layers = int(meta[f"{arch}.block_count"])
+        heads = int(meta[f"{arch}.attention.head_count"])
+        kv_heads = int(meta.get(f"{arch}.attention.head_count_kv", heads))
+        head_dim = int(meta[f"{arch}.embedding_length"]) // heads
+        kv = layers * kv_heads * head_dim * 2 * 2 * llama.n_ctx()
+    except (KeyError, ValueError, ZeroDivisionError):
+        kv = path.stat().st_size // 8
+    return path.stat().st_size + kv + _OVERHEAD_BYTES
+
+
+@dataclass(eq=False, slots=True)
+class _Loaded:
+    path: Path
+    llama: Any
+    size: int  # estimated bytes it holds
+    lock: threading.Lock
+    users: int = 0  # calls holding it; never evicted while > 0
+
+
+class _ModelCache:
+    """Process-wide LRU of loaded models, bounded by the memory budget."""
+
+    def __init__(self) -> None:
+        self._models: OrderedDict[Path, _Loaded] = OrderedDict()
+        self._guard = threading.Lock()  # held briefly: lookups and bookkeeping
+        self._loading = threading.Lock()  # held while loading: one load at a time
+
+    def acquire(self, path: Path) -> _Loaded:
+        with self._guard:
+            model = self._models.get(path)
+            if model is not None:
+                self._models.move_to_end(path)
+                model.users += 1
+                return model
+        with self._loading:  # re-check inside: another thread may have just loaded it
+            with self._guard:
+                model = self._models.get(path)
+                if model is not None:
+                    model.users += 1
+                    return model
+            llama = _load_llama(path)
+            model = _Loaded(path, llama, _estimate_bytes(path, llama), threading.Lock(), 1)
+            with self._guard:
+                self._models[path] = model
+                self._evict_over_budget()
+            return model
+
+    def release(self, model: _Loaded) -> None:
+        with self._guard:
+            model.users -= 1
+            self._evict_over_budget()
+
+    def _evict_over_budget(self) -> None:
+        # Oldest idle models go first; busy ones stay even if that exceeds the budget, and
+        # so does the last one (a budget below one model would otherwise reload it per call).
+        budget = memory_budget_bytes()
+        for path in list(self._models):
+            if sum(m.size for m in self._models.values()) <= budget:
+                return
+            model = self._models[path]
+            if model.users == 0 and len(self._models) > 1:
+                del self._models[path]
+                model.llama.close()
+
+    def loaded(self) -> list[tuple[Path, int]]:
+        with self._guard:
+            return [(m.path, m.size) for m in self._models.values()]
+
+    def clear(self) -> None:
+        with self._guard:
+            for path, model in list(self._models.items()):
+                if model.users == 0:
+                    del self._models[path]
+                    model.llama.close()
+
+
+_CACHE = _ModelCache()
+
+
+def loaded_models() -> list[tuple[Path, int]]:
+    """(path, estimated bytes) of the models loaded in this process, oldest use first."""
+    return _CACHE.loaded()
+
+
+def unload_all() -> None:
+    """Free every idle loaded model (tests and benchmarks use it)."""
+    _CACHE.clear()
+
+
+# ---------------------------------------------------------------------------------------
+# Generation (runs on the decode thread)
+
+
+def _acquire(lock: threading.Semaphore | threading.Lock, cancel: threading.Event) -> bool:
+    """Wait for `lock`, giving up if the call is cancelled meanwhile."""
+    while not lock.acquire(timeout=_POLL_S):
+        if cancel.is_set():
+            return False
+    if cancel.is_set():
+        lock.release()
+        return False
+    return True
+
+
+def _request(messages: list[Message], params: GenerationParams) -> dict[str, Any]:
+    request: dict[str, Any] = {
+        "messages": [m.to_dict() for m in messages],
+        "stream": True,
+        "max_tokens": params.max_tokens,
+        # llama-cpp-python derives the same "random" seed on every call when given none,
+        # which would make self-fusion samples identical: draw a fresh one instead.
+        "seed": params.seed if params.seed is not None else random.getrandbits(32),
+    }
+    if params.temperature is not None:
+        request["temperature"] = params.temperature
+    if params.json_schema is not None:
+        request["response_format"] = {"type": "json_object", "schema": params.json_schema}
+    return request
+
+
+def _generate(
+    model: _Loaded,
+    name: str,
+    messages: list[Message],
+    params: GenerationParams,
+    emit: Callable[[str], None],
+    cancel: threading.Event,
+) -> Completion | None:
+    llama = model.llama
+    llama.cancel = cancel
+    if params.seed is not None:
+        # A seed asks for reproducibility: evaluate the prompt from scratch, since reusing
+        # a cached prefix changes batch shapes and with them the last bits of the logits.
+        llama.reset()
+    parts: list[str] = []
+    finish: str | None = None
+    try:
+        for chunk in llama.create_chat_completion(**_request(messages, params)):
+            choice = chunk["choices"][0]
+            text = choice["delta"].get("content")
+            if text:
+                parts.append(text)
+                emit(text)
+            finish = choice.get("finish_reason") or finish
+    except _Cancelled:
+        llama.reset()  # the KV cache may hold a half-evaluated prompt
+        return None
+    except ValueError as e:
+        if "exceed context window" in str(e):
+            raise ProviderError(
+                "bad_response",
+                f"local:{name}: the prompt does not fit the context window ({e}); "
+                "shorten it or raise MODELFUSION_LOCAL_N_CTX",
+            ) from None
+        raise ProviderError("upstream_error", f"local:{name}: llama.cpp failed: {e}") from None
+    except Exception as e:  # llama-cpp-python raises a variety; the panel expects one kind
+        llama.reset()
+        raise ProviderError("upstream_error", f"local:{name}: llama.cpp failed: {e}") from None
+    finally:
+        llama.cancel = None
+    usage = Usage(llama.prompt_tokens, llama.completion_tokens())
+    # Local inference is free, and that is known: 0.0, not "unknown" (None).
+    return Completion("".join(parts), usage, 0.0, finish)
+
+
+def _run(
+    path: Path,
+    name: str,
+    messages: list[Message],
+    params: GenerationParams,
+    emit: Callable[[str], None],
+    cancel: threading.Event,
+) -> Completion | None:
+    """Decode-thread body: load (or reuse) the model, lock it, generate."""
+    if cancel.is_set():
+        return None
+    model = _CACHE.acquire(path)
+    try:
+        if not _acquire(model.lock, cancel):
+            return None
+        try:
+            return _generate(model, name, messages, params, emit, cancel)
+        finally:
+            model.lock.release()
+    finally:
+        _CACHE.release(model)
+
+
+# ---------------------------------------------------------------------------------------
+# The provider
+
+
+class LocalProvider:
+    supports_json_schema = True
+    remote = False
+
+    def __init__(self, cfg: ProviderConfig) -> None:
+        self.name = cfg.name
+
+    async def complete(
+        self,
+        model: str,
+        messages: list[Message],
+        params: GenerationParams,
+        *,
+        on_delta: DeltaCallback | None = None,
+        headers: dict[str, str] | None = None,  # meaningless in-process; accepted, unused
+    ) -> Completion:
+        _require_llama_cpp()
+        loop = asyncio.get_running_loop()
+        cancel = threading.Event()
+
+        def emit(text: str) -> None:
+            if on_delta is None:
+                return
+            try:
+                loop.call_soon_threadsafe(on_delta, text)
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                cancel.set()
+
+        # Assembling or hashing a catalogue model is file work: keep it off the decode thread.
+        path = await asyncio.to_thread(local_models.resolve, model)
+        future = loop.run_in_executor(
+            _DECODE_EXECUTOR, _run, path, model, messages, params, emit, cancel)
+        try:
+            result = await future
+        except asyncio.CancelledError:
+            # Still queued: the executor drops it. Running: it stops at its next token.
+            cancel.set()
+            raise
+        if result is None:  # only when cancelled from outside the task (loop closing)
+            raise ProviderError("cancelled", f"local:{model}: the call was cancelled")
+        return result
+
+    async def aclose(self) -> None:
+        # Loaded models are shared by every LocalProvider in the process; nothing to free.
+        return None
+
+
+def check_model(model: str) -> None:
+    """Fail fast (UsageError) if `local:<model>` cannot run here: for preflight in the CLI."""
+    _require_llama_cpp()
+    local_models.check(model)
+
+
+@register_kind("local")
+def _factory(cfg: ProviderConfig) -> LocalProvider:
+    return LocalProvider(cfg)
+

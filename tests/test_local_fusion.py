@@ -1,0 +1,73 @@
+"""Offline fusion on the embedded models: the whole flow on real llama.cpp, the default
+preset, and the offline guarantee (no prompt leaves the machine)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from modelfusion import Fusion, OfflineError, local_models
+from modelfusion.config import DEFAULT_LOCAL_PRESET
+from tests.test_local import MODEL, model_home, needs_llama, needs_parts, session_home  # noqa: F401
+
+SMALL = {"max_tokens": 24, "judge_max_tokens": 160, "seed": 7, "temperature": 0.0}
+
+
+@needs_llama
+@needs_parts
+@pytest.mark.parametrize("mode", ["best-of", "merge"])
+async def test_local_fusion_end_to_end(model_home, mode):  # noqa: F811
+    members = [f"local:{MODEL}*2"]
+    async with Fusion(members, judge=f"local:{MODEL}", mode=mode, offline=True,
+                      **SMALL) as fusion:
+        result = await fusion.run("Write a one-line Python function that adds two numbers.")
+    assert [m.status for m in result.members] == ["ok", "ok"]
+    assert all(m.usage.completion_tokens > 0 and m.cost == 0.0 for m in result.members)
+    assert result.judge.model == f"local:{MODEL}"
+    # A real 0.5B judge may or may not write valid JSON in 160 tokens; either way the result
+    # says which, and an answer comes back.
+    assert result.judge.status in {"ok", "fallback", "skipped"}
+    if result.judge.status == "fallback":
+        assert result.judge.reason and result.judge.reason.startswith("judge_")
+    assert result.answer.strip()
+    assert result.cost == 0.0
+
+
+def test_default_preset_is_the_local_panel_when_nothing_is_configured(tmp_path, monkeypatch):
+    rows = {r["name"]: r for r in local_models.status()}
+    if not all(r["installed"] for r in rows.values()):
+        pytest.skip(f"local model packages missing ({local_models.INSTALL_HINT})")
+    for var in ("OPENAI_API_KEY", "OPENROUTER_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)  # no ./fusion.toml
+    fusion = Fusion()
+    assert fusion.plan.preset == DEFAULT_LOCAL_PRESET.name
+    assert {s.provider for s in fusion.plan.seats} == {"local"}
+    assert fusion.plan.judge.provider == "local"
+
+
+@pytest.mark.parametrize("spec", ["openai:gpt-4o-mini", "openrouter:x/y", "ollama:qwen"])
+def test_offline_refuses_every_network_provider(spec, monkeypatch, upstream):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-x")
+    monkeypatch.setenv("OPENROUTER_API_KEY", "sk-y")
+    with pytest.raises(OfflineError, match="offline mode is on"):
+        Fusion([spec], offline=True)
+    monkeypatch.setenv("FUSION_OFFLINE", "1")
+    with pytest.raises(OfflineError):
+        Fusion([spec])
+    with pytest.raises(OfflineError):  # a judge counts too
+        Fusion(["local:qwen2.5-coder-0.5b"], judge=spec)
+    assert upstream.requests == []
+
+
+def test_cli_offline_exits_2_before_any_request(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FUSION_")}
+    env.update({"MODELFUSION_HOME": str(tmp_path), "OPENAI_API_KEY": "sk-x"})
+    proc = subprocess.run([sys.executable, "-m", "modelfusion", "ask", "--offline", "-m",
+                           "openai:gpt-4o-mini", "hello"], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert proc.returncode == 2
+    assert "offline mode is on" in proc.stderr and "Traceback" not in proc.stderr
