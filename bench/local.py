@@ -7,6 +7,8 @@
    (LOCAL_CONCURRENCY=1) vs concurrently (2): total wall time and when the first answer
    is complete.
 3. memory: peak RSS with both shipped models loaded.
+4. fusion: wall time of the default local fusion (`fusion ask` with no flags) vs one 1.5B
+   answer to the same prompt, same max_tokens, in one run.
 
 Every measurement prints how much CPU other processes used meanwhile ("foreign", in
 cores): on a 2-core machine any foreign load distorts the numbers, so read them with it.
@@ -243,11 +245,34 @@ def bench_load() -> None:
         llama.close()
 
 
+PROMPT = "Write a Python function that checks if a string is a palindrome"
+
+
+def bench_fusion(runs: int) -> None:
+    from modelfusion import Fusion
+    from modelfusion.config import DEFAULT_LOCAL_PRESET
+
+    max_tokens = DEFAULT_LOCAL_PRESET.options["max_tokens"]
+    print(f"\n== default local fusion vs one {LARGE} answer (max_tokens {max_tokens}) ==")
+
+    async def measure() -> tuple[list[float], list[float]]:
+        async with Fusion(preset=DEFAULT_LOCAL_PRESET.name, seed=1) as fused, \
+                Fusion([f"local:{LARGE}"], max_tokens=max_tokens, seed=1) as single:
+            await single.run("warm up")  # load the models once, outside the timings
+            fused_s = await time_async(lambda: fused.run(PROMPT), runs)
+            single_s = await time_async(lambda: single.run(PROMPT), runs)
+        return fused_s, single_s
+
+    fused_s, single_s = asyncio.run(measure())
+    f, s = statistics.median(fused_s), statistics.median(single_s)
+    print(f"  fused {f:.1f}s  single {s:.1f}s  ratio {f / s:.2f}x  (medians of {runs})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--only", choices=["overhead", "schedule", "load"])
+    parser.add_argument("--only", choices=["overhead", "schedule", "load", "fusion"])
     args = parser.parse_args()
     print(f"llama-cpp threads {local.n_threads()}, n_ctx {local.n_ctx()}, "
           f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}, cores {os.cpu_count()}")
@@ -257,6 +282,8 @@ def main() -> None:
         bench_overhead(args.runs, args.max_tokens)
     if args.only in (None, "schedule"):
         bench_schedule(args.runs, args.max_tokens)
+    if args.only in (None, "fusion"):
+        bench_fusion(args.runs)
 
 
 if __name__ == "__main__":
