@@ -160,9 +160,6 @@ def test_cli_json_logs_and_traces_never_contain_the_key(upstream: FakeUpstream,
     assert not found, f"the key is in: {found}"
 
 
-@pytest.mark.xfail(strict=True, reason="defect: an upstream error message that quotes the "
-                   "key is passed on verbatim (--json members[].error, the 'fusion failed' "
-                   "line on stderr, the trace DB); see docs/reliability.md")
 def test_cli_redacts_a_key_the_upstream_echoes(upstream: FakeUpstream, tmp_path: Path):
     script_keyed(upstream, echo=True)
     places, done = cli_places(upstream, tmp_path, [["ok-1", "ok-2", "echo", "echo-stream"],
@@ -257,10 +254,6 @@ def test_server_responses_logs_and_traces_never_contain_the_key(upstream: FakeUp
     assert not found, f"the key is in: {found}"
 
 
-@pytest.mark.xfail(strict=True, reason="defect: an upstream error message that quotes the "
-                   "key reaches the response (fusion.members[].error, 502 members, SSE "
-                   "member_failed events), the trace API and the trace DB; see "
-                   "docs/reliability.md")
 def test_server_redacts_a_key_the_upstream_echoes(upstream: FakeUpstream, tmp_path: Path):
     script_keyed(upstream, echo=True)
     places = server_places(upstream, tmp_path, [["ok-1", "ok-2", "echo", "echo-stream"],
@@ -348,8 +341,7 @@ def test_invalid_requests_are_clear_400s(served: Served, upstream: FakeUpstream,
     assert not upstream.requests
 
 
-# Inputs that crash the server today: each should be a 400 naming its field. They are
-# listed in docs/reliability.md as defects; strict xfail makes the fix visible.
+# Inputs that once crashed the server (docs/reliability.md, 'Defects'): each is a 400.
 CRASHERS = [
     pytest.param(b'{"model": "fusion", "messages": ' + b"[" * 50_000 + b"]" * 50_000 + b"}",
                  id="deeply nested JSON (RecursionError, 500)"),
@@ -371,16 +363,13 @@ CRASHERS = [
 ]
 
 
-@pytest.mark.xfail(strict=True, reason="defect: see docs/reliability.md, 'Defects'")
 @pytest.mark.parametrize("raw", CRASHERS)
-def test_malformed_inputs_that_crash_today_are_400s(served: Served, raw: bytes):
+def test_malformed_inputs_that_once_crashed_are_400s(served: Served, raw: bytes):
     resp = httpx.post(f"{served.v1}/chat/completions", content=raw, timeout=30,
                       headers={"content-type": "application/json"})
     assert resp.status_code == 400, resp.text[:300]
 
 
-@pytest.mark.xfail(strict=True, reason="defect: a query-parameter error is FastAPI's 422 "
-                   "{'detail': [...]}, not the OpenAI error shape every other error has")
 def test_bad_query_parameter_is_an_openai_shaped_400(served: Served):
     resp = httpx.get(f"{served.v1}/fusion/traces?limit=abc", timeout=30)
     assert resp.status_code == 400

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -86,3 +87,16 @@ class BudgetExceeded(RunError):
         self.spent_tokens = spent_tokens
         self.spent_cost = spent_cost
         self.members = members or []
+
+
+# Shapes of credentials an upstream may quote back in an error (Authorization headers,
+# OpenAI/OpenRouter/Anthropic-style keys). Exact known keys are removed first.
+_CREDENTIAL = re.compile(r"(?i)bearer\s+[^\s\"',}]+|\b(?:sk|rk|pk)-[A-Za-z0-9_\-]{8,}")
+
+
+def redact(text: str, *secrets: str | None) -> str:
+    """Remove API keys from text that came from an upstream, before anyone sees or stores it."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "[redacted]")
+    return _CREDENTIAL.sub("[redacted]", text)

@@ -10,6 +10,7 @@ with a `done` event carrying the result; `run()` and `run_sync()` are thin layer
 from __future__ import annotations
 
 import asyncio
+import math
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -36,6 +37,7 @@ from .types import (
 
 DEPTH_HEADER = "X-Fusion-Depth"
 SELF_FUSION_TEMPERATURE = 0.7
+MAX_SECONDS = 24 * 3600.0  # a fusion that runs longer than a day is a mistake
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -64,8 +66,11 @@ class FusionOptions:
             raise UsageError(f"--quorum must be between 1 and the number of members ({n_members})")
         if self.rounds < 0 or self.rounds > 5:
             raise UsageError("--rounds must be between 0 and 5")
-        if self.timeout <= 0 or self.deadline <= 0:
-            raise UsageError("--timeout and --deadline must be positive seconds")
+        for name, ceiling in (("timeout", MAX_SECONDS), ("deadline", MAX_SECONDS)):
+            value = getattr(self, name)
+            # Chained comparisons reject NaN, infinities and ints too big for a float alike.
+            if not (isinstance(value, int | float) and 0 < value <= ceiling):
+                raise UsageError(f"--{name} must be between 0 and {ceiling:g} seconds")
         if self.retries < 0 or self.retries > 10:
             raise UsageError("retries must be between 0 and 10")
         for name in ("temperature", "judge_temperature"):
@@ -74,7 +79,7 @@ class FusionOptions:
                 raise UsageError(f"{name} must be between 0 and 2")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise UsageError("--max-tokens must be at least 1")
-        if self.max_cost is not None and self.max_cost <= 0:
+        if self.max_cost is not None and not 0 < self.max_cost < math.inf:
             raise UsageError("--max-cost must be a positive amount of USD")
         if self.max_total_tokens is not None and self.max_total_tokens < 1:
             raise UsageError("--max-total-tokens must be at least 1")
@@ -300,7 +305,7 @@ class Fusion:
         seed = opts.seed if opts.seed is not None else secrets.randbits(32)
         judge = Judge(self._judge(plan.judge), fallback=self._judge(plan.fallback_judge)
                       if plan.fallback_judge else None, emit=emit, headers=headers,
-                      end=deadline_at)
+                      end=deadline_at, call_timeout=opts.timeout)
         judge.result.shuffle_seed = seed
         ctx = ModeContext(messages=messages, candidates=candidates, members=results,
                           judge=judge, seed=seed, nonce=secrets.token_hex(4), emit=emit,

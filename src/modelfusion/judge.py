@@ -132,12 +132,14 @@ class Judge:
         emit: Emit,
         headers: dict[str, str],
         end: float,
+        call_timeout: float = 120.0,
     ) -> None:
         self.seat = seat
         self.fallback = fallback
         self._emit = emit
         self._headers = headers
         self._end = end  # time.monotonic() deadline
+        self._call_timeout = call_timeout  # per judge call, like a member's timeout
         self.result = JudgeResult(model=seat.label, status="skipped")
         self._elapsed = 0.0
         self._cost_unknown = False
@@ -188,7 +190,7 @@ class Judge:
             params = GenerationParams(temperature=params.temperature, max_tokens=params.max_tokens,
                                       seed=params.seed, json_schema=schema)
         for _ in range(2):  # one corrective retry
-            remaining = self._end - time.monotonic()
+            remaining = min(self._end - time.monotonic(), self._call_timeout)
             if remaining <= 0:
                 self.result.reason = "judge_timeout"
                 return None

@@ -17,7 +17,7 @@ import openai
 from openai import AsyncOpenAI
 
 from ..config import ProviderConfig
-from ..errors import ProviderError
+from ..errors import ProviderError, redact
 from ..types import Completion, GenerationParams, Message, Usage
 from .base import DeltaCallback, register_kind
 
@@ -29,8 +29,9 @@ class OpenAICompatProvider:
         self.name = cfg.name
         self.remote = cfg.remote
         self._extra_body = dict(cfg.extra_body)
+        self._api_key = cfg.api_key()
         kwargs: dict[str, Any] = {
-            "api_key": cfg.api_key() or "not-needed",
+            "api_key": self._api_key or "not-needed",
             "max_retries": 0,
             "default_headers": dict(cfg.headers) or None,
         }
@@ -52,6 +53,22 @@ class OpenAICompatProvider:
         *,
         on_delta: DeltaCallback | None = None,
         headers: dict[str, str] | None = None,
+    ) -> Completion:
+        try:
+            return await self._complete(model, messages, params, on_delta, headers)
+        except ProviderError as e:
+            # Upstream text ends up in results, traces and logs: an upstream that quotes our
+            # key back (some echo the Authorization header) must not leak it.
+            e.args = (redact(str(e), self._api_key),)
+            raise
+
+    async def _complete(
+        self,
+        model: str,
+        messages: list[Message],
+        params: GenerationParams,
+        on_delta: DeltaCallback | None,
+        headers: dict[str, str] | None,
     ) -> Completion:
         request: dict[str, Any] = {
             "model": model,
@@ -86,7 +103,7 @@ class OpenAICompatProvider:
             raise ProviderError("timeout", "the request timed out", retryable=True) from None
         except openai.APIConnectionError as e:
             raise ProviderError(
-                "upstream_error", f"connection failed: {e.__cause__ or e}", retryable=True
+                "upstream_error", f"connection failed: {e.__cause__ or e!r}", retryable=True
             ) from None
         except openai.APIError as e:  # error body with 200, or an error event mid-stream
             raise _body_error(getattr(e, "body", None), str(e)) from None

@@ -15,6 +15,7 @@ from importlib import resources
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
@@ -95,6 +96,15 @@ def create_app(config: Config, store: TraceSink | None = None,
             if e.status_code == 405 else None
         err = ApiError(e.status_code, str(e.detail), code=code)
         return JSONResponse(err.body(), status_code=e.status_code, headers=e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, e: RequestValidationError) -> JSONResponse:
+        # FastAPI's own 422 {"detail": [...]}, reshaped like every other error we send.
+        first = e.errors()[0] if e.errors() else {}
+        param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+        err = ApiError(400, f"{param or 'the request'}: {first.get('msg', 'invalid value')}",
+                       param=param, code="invalid_value")
+        return JSONResponse(err.body(), status_code=400)
 
     @app.exception_handler(Exception)
     async def crash(_: Request, e: Exception) -> JSONResponse:

@@ -50,7 +50,7 @@ class ChatRequest:
 def parse_chat_request(raw: bytes) -> ChatRequest:
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: absurd nesting
         raise bad_request("the body is not valid JSON", None, "invalid_json") from None
     if not isinstance(body, dict):
         raise bad_request("the body must be a JSON object", None, "invalid_json")
@@ -100,7 +100,8 @@ def _messages(raw: Any) -> list[Message]:
         where = f"messages[{i}]"
         if not isinstance(m, dict):
             raise bad_request("each message must be an object", where)
-        role = ROLES.get(m.get("role"))  # type: ignore[arg-type]
+        raw_role = m.get("role")
+        role = ROLES.get(raw_role) if isinstance(raw_role, str) else None
         if role is None:
             raise bad_request(f"role must be one of {sorted(ROLES)}", f"{where}.role")
         out.append(Message(role, _text(m.get("content"), f"{where}.content")))  # type: ignore[arg-type]
