@@ -630,9 +630,6 @@ async def test_hang_bounded_by_the_deadline_not_the_timeout(rig: Rig):
                     "`timeout` at the deadline; judge `judge_timeout` fallback"))
 
 
-@pytest.mark.xfail(strict=True, reason="defect: a non-streamed fusion keeps running (and "
-                   "keeps its --max-concurrent slot) after its client hung up; see "
-                   "docs/reliability.md")
 async def test_client_gone_mid_json_request_frees_the_slot(rig: Rig):
     case = Case("gone-json", "server-json", "best-of", {})
     case.script(rig.up, [Fault("hang")])

@@ -63,6 +63,26 @@ class SSEResponse(StreamingResponse):
             self._on_close()
 
 
+async def _unless_client_leaves(request: Request, work: Any) -> Any:
+    """Await `work`, but cancel it (None) if the client disconnects first: a fusion nobody
+    waits for must not hold a --max-concurrent slot until its deadline."""
+
+    async def client_gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.create_task(client_gone())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    return None if task.cancelled() else task.result()
+
+
 def create_app(config: Config, store: TraceSink | None = None,
                settings: ServerSettings | None = None) -> FastAPI:
     settings = settings or ServerSettings()
@@ -128,9 +148,11 @@ def create_app(config: Config, store: TraceSink | None = None,
         if req.stream:
             return SSEResponse(service.stream(prepared), on_close=slot.release)
         try:
-            body = await service.complete(prepared)
+            body = await _unless_client_leaves(request, service.complete(prepared))
         finally:
             slot.release()
+        if body is None:  # nobody is listening; the trace says the client went away
+            return Response(status_code=499)
         return JSONResponse(body)
 
     @app.get("/v1/models")

@@ -52,11 +52,8 @@ class FusionService:
 
     async def complete(self, p: Prepared) -> dict[str, Any]:
         started = time.monotonic()
-        result: FusionResult | None = None
         try:
-            async for event in p.fusion.stream(p.request.messages):
-                if event.type == "done":
-                    result = event.result
+            result = await p.fusion.run(p.request.messages)
         except FusionError as e:
             raise self._failed(p, e, started) from None
         except asyncio.CancelledError:
@@ -65,7 +62,6 @@ class FusionService:
         except Exception as e:
             self.record(p, None, e)
             raise
-        assert result is not None
         return chat_completion(p.request.model, result, self.record(p, result, None))
 
     def _failed(self, p: Prepared, e: FusionError, started: float) -> ApiError:
