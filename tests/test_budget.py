@@ -9,7 +9,7 @@ import pytest
 
 from modelfusion import BudgetExceeded, Fusion, UsageError
 from tests.fake_upstream import Reply
-from tests.test_cli import fusion as fusion_cli
+from tests.helpers import fusion as fusion_cli
 
 MEMBERS = ["fake:a", "fake:b", "fake:c"]
 LONG = " ".join(f"word{i}" for i in range(400))

@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 from tests.fake_upstream import Fault, Reply
+from tests.helpers import fusion
 
 VERDICT = Reply('{"reason": "best", "choice": "A"}')
-
-
-def fusion(*args: str, stdin: str | None = None, env: dict[str, str] | None = None,
-           home: str) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items()
-                if not k.startswith(("FUSION_", "OPENAI_", "OPENROUTER_"))}
-    full_env.update({"MODELFUSION_HOME": home, "NO_COLOR": "1", "COLUMNS": "200", **(env or {})})
-    return subprocess.run([sys.executable, "-m", "modelfusion", *args], input=stdin,
-                          capture_output=True, text=True, env=full_env, timeout=60)
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from bench.judge import CASES, JUDGE_MODEL, judge_once, members_for, planted
 
 from modelfusion import local_models
 from modelfusion.providers import local
+from tests.helpers import assembled_home
 
 ENTRY = local_models.CATALOG[JUDGE_MODEL]
 HAVE_LLAMA = local.llama_cpp is not None
@@ -49,11 +50,7 @@ INJECTED = [
 @pytest.fixture(scope="session")
 def judge_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A MODELFUSION_HOME holding the assembled, verified 1.5B (assembled once, ~5 s)."""
-    home = tmp_path_factory.mktemp("judge-home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MODELFUSION_HOME", str(home))
-        local_models.pull(JUDGE_MODEL)
-    return home
+    return assembled_home(tmp_path_factory, JUDGE_MODEL)
 
 
 @pytest.fixture

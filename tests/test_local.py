@@ -27,6 +27,7 @@ from modelfusion.errors import ProviderError, UsageError
 from modelfusion.providers import local
 from modelfusion.providers.base import Provider, build_provider
 from modelfusion.types import GenerationParams, Message
+from tests.helpers import assembled_home
 
 MODEL = "qwen2.5-coder-0.5b"
 ENTRY = local_models.CATALOG[MODEL]
@@ -52,11 +53,7 @@ def session_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A MODELFUSION_HOME holding the assembled, verified 0.5B (assembled once)."""
     if not HAVE_PARTS:
         pytest.skip(f"the {MODEL} data packages are not installed")
-    home = tmp_path_factory.mktemp("local-home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MODELFUSION_HOME", str(home))
-        local_models.pull(MODEL)
-    return home
+    return assembled_home(tmp_path_factory, MODEL)
 
 
 @pytest.fixture

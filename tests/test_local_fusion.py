@@ -3,14 +3,11 @@ preset, and the offline guarantee (no prompt leaves the machine)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 
 from modelfusion import Fusion, OfflineError, local_models
 from modelfusion.config import DEFAULT_LOCAL_PRESET
+from tests.helpers import fusion
 from tests.test_local import MODEL, model_home, needs_llama, needs_parts, session_home  # noqa: F401
 
 SMALL = {"max_tokens": 24, "judge_max_tokens": 160, "seed": 7, "temperature": 0.0}
@@ -64,10 +61,7 @@ def test_offline_refuses_every_network_provider(spec, monkeypatch, upstream):
 
 
 def test_cli_offline_exits_2_before_any_request(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FUSION_")}
-    env.update({"MODELFUSION_HOME": str(tmp_path), "OPENAI_API_KEY": "sk-x"})
-    proc = subprocess.run([sys.executable, "-m", "modelfusion", "ask", "--offline", "-m",
-                           "openai:gpt-4o-mini", "hello"], capture_output=True, text=True,
-                          env=env, timeout=60)
+    proc = fusion("ask", "--offline", "-m", "openai:gpt-4o-mini", "hello",
+                  home=str(tmp_path), env={"OPENAI_API_KEY": "sk-x"})
     assert proc.returncode == 2
     assert "offline mode is on" in proc.stderr and "Traceback" not in proc.stderr

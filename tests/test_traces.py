@@ -7,7 +7,6 @@ import json
 import os
 import sqlite3
 import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from sqlalchemy import create_engine, exc, make_url, text
 from modelfusion import AllMembersFailed, Fusion, FusionResult, UsageError, traces
 from modelfusion.traces import SCHEMA_VERSION, TraceStore, migrate
 from tests.fake_upstream import Fault, Reply
+from tests.helpers import fusion
 
 PG_URL = os.environ.get("MODELFUSION_TEST_PG_URL")
 PROMPT = "What is the capital of France?\nAnswer briefly."
@@ -395,11 +395,7 @@ def test_default_store_lives_in_the_data_dir(monkeypatch, tmp_path):
 
 
 def fusion_cmd(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("FUSION_", "OPENAI_", "OPENROUTER_"))}
-    env.update({"MODELFUSION_HOME": str(home), "NO_COLOR": "1", "COLUMNS": "200"})
-    return subprocess.run([sys.executable, "-m", "modelfusion", *args], capture_output=True,
-                          text=True, env=env, timeout=60)
+    return fusion(*args, home=str(home))
 
 
 async def test_log_and_show(upstream, fake_config, sqlite_url, tmp_path):

@@ -93,6 +93,14 @@ class Price:
         return (prompt_tokens * self.prompt + completion_tokens * self.completion) / 1e6
 
 
+def call_cost(reported: float | None, prompt_tokens: int, completion_tokens: int,
+              price: Price | None) -> float | None:
+    """USD of one call: what the provider reported, else the configured price, else unknown."""
+    if reported is not None:
+        return reported
+    return price.cost(prompt_tokens, completion_tokens) if price is not None else None
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Preset:
     name: str

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from difflib import SequenceMatcher
 from typing import Any, TypeVar
 
-from .config import Price
+from .config import Price, call_cost
 from .errors import ProviderError
 from .panel import Emit
 from .providers.base import Provider
@@ -236,8 +236,7 @@ class Judge:
 
     def _account(self, seat: JudgeSeat, usage: Usage, cost: float | None) -> None:
         self.result.usage = self.result.usage + usage
-        if cost is None and seat.price is not None:
-            cost = seat.price.cost(usage.prompt_tokens, usage.completion_tokens)
+        cost = call_cost(cost, usage.prompt_tokens, usage.completion_tokens, seat.price)
         if cost is None:
             self.result.cost = None
             self._cost_unknown = True

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .budget import Budget
-from .config import Price
+from .config import Price, call_cost
 from .errors import FusionError, ProviderError
 from .providers.base import Provider
 from .types import FusionEvent, GenerationParams, MemberResult, Message
@@ -173,10 +173,9 @@ class Panel:
                 raise ProviderError("bad_response", "empty completion")
             result.content = completion.content
             result.usage = completion.usage
-            result.cost = completion.cost
-            if result.cost is None and member.price is not None:
-                u = completion.usage
-                result.cost = member.price.cost(u.prompt_tokens, u.completion_tokens)
+            u = completion.usage
+            result.cost = call_cost(completion.cost, u.prompt_tokens, u.completion_tokens,
+                                    member.price)
             if self._budget is not None:
                 self._budget.settle(i, completion.usage, result.cost)
             result.status, result.reason = "ok", None

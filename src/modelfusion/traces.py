@@ -186,6 +186,12 @@ def _mark_applied(conn: Connection, version: int) -> None:
 # ---------------------------------------------------------------- URLs and engines
 
 
+
+class AmbiguousTraceId(UsageError):
+    """An id prefix that matches more than one trace: the caller must give more of it."""
+
+    code = "ambiguous_id"
+
 def default_url() -> str:
     """$FUSION_TRACES_URL, else SQLite in the user data dir."""
     env = os.environ.get(URL_ENV)
@@ -688,8 +694,8 @@ class TraceStore:
             ).all()
             if len(ids) > 1:
                 shown = ", ".join(i[:12] for i in ids[:5]) + (", …" if len(ids) > 5 else "")
-                raise UsageError(f"id prefix {key!r} matches several traces ({shown}); "
-                                 "give more characters")
+                raise AmbiguousTraceId(f"id prefix {key!r} matches several traces ({shown}); "
+                                       "give more characters")
             if not ids:
                 return None
             row = conn.execute(select(traces).where(traces.c.id == ids[0])).first()

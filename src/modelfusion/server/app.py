@@ -25,6 +25,7 @@ from starlette.types import Receive, Scope, Send
 from ..config import DEFAULT_LOCAL_PRESET, Config, parse_spec
 from ..errors import UsageError
 from ..fusion import DEPTH_HEADER, ProviderPool
+from ..traces import AmbiguousTraceId
 from .auth import check_bearer
 from .errors import ApiError, internal_error
 from .limits import FusionGate, read_body
@@ -196,9 +197,9 @@ async def _read(fn: Callable[[Any], Any], arg: Any) -> Any:
     """A store read, off the event loop (SQLite and PostgreSQL drivers block)."""
     try:
         return await asyncio.to_thread(fn, arg)
+    except AmbiguousTraceId as e:  # the caller's to fix
+        raise ApiError(400, str(e), param="trace_id", code=e.code) from None
     except UsageError as e:
-        if str(e).startswith("id prefix"):  # an ambiguous id prefix: the caller's to fix
-            raise ApiError(400, str(e), param="trace_id", code="ambiguous_id") from None
         log.warning("trace store read failed: %s", e)
         raise ApiError(503, "the trace store cannot be read right now",
                        code="store_unavailable") from None
