@@ -1,0 +1,48 @@
+"""Finding the Python code in a model's answer (fenced blocks, or bare code)."""
+
+from __future__ import annotations
+
+import ast
+import re
+
+_FENCE = re.compile(r"^[ \t]*(`{3,}|~{3,})[ \t]*([\w+.-]*)[^\n]*\n(.*?)^[ \t]*\1[ \t]*$",
+                    re.MULTILINE | re.DOTALL)
+_PYTHON_TAGS = {"python", "py", "python3", ""}
+
+
+def _parses(code: str) -> bool:
+    try:
+        ast.parse(code)
+    except (SyntaxError, ValueError):
+        return False
+    return True
+
+
+def extract_code(answer: str) -> str:
+    """The Python program an answer contains.
+
+    Fenced blocks tagged python (or untagged) are preferred, largest first among those that
+    parse; an unclosed fence (a cut-off answer) counts from its opening line. With no fence,
+    the answer itself if it parses as Python, else "" (no code found).
+    """
+    blocks = [m.group(3) for m in _FENCE.finditer(answer)
+              if m.group(2).lower() in _PYTHON_TAGS]
+    if not blocks:
+        opened = re.search(r"^[ \t]*```[ \t]*(?:python|py|python3)?[ \t]*\n", answer,
+                           re.MULTILINE | re.IGNORECASE)
+        if opened:
+            blocks = [answer[opened.end():]]
+    if blocks:
+        parsing = [b for b in blocks if _parses(b)]
+        return max(parsing or blocks, key=len).strip("\n") + "\n"
+    return answer.strip("\n") + "\n" if _parses(answer) and answer.strip() else ""
+
+
+def defines(code: str, name: str) -> bool:
+    """Whether `code` defines a top-level function (or class) called `name`."""
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError):
+        return False
+    return any(isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+               and node.name == name for node in tree.body)
