@@ -11,6 +11,7 @@ setsid(). Without `unshare` a Python-level socket guard and a process-group kill
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import shutil
@@ -47,7 +48,7 @@ socket.socket = _NoNetwork
 sys.argv = ["candidate.py"]
 with open("candidate.py", encoding="utf-8") as f:
     source = f.read()
-exec(compile(source, "candidate.py", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
+exec(compile(source, "candidate.py", "exec"), {"__name__": "__main__"})
 """
 
 
@@ -86,10 +87,8 @@ def _clean_env(home: str) -> dict[str, str]:
 
 
 def _kill_tree(pid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)  # the child leads its own process group
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _read(path: Path) -> str:
