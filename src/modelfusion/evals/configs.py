@@ -1,0 +1,55 @@
+"""Which configurations an eval runs, all on the same problems:
+
+- solo: each distinct member model alone (one sample; a one-member Fusion, judge skipped),
+- fused: the panel in each requested mode,
+- self: the self-fusion baseline, one model sampled as many times as the panel has seats,
+  judged by the same judge in the first mode (default model: the judge's).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import parse_spec
+from ..errors import UsageError
+
+SOLO_MODE = "best-of"  # one candidate: every mode but vote skips the judge; best-of is plainest
+
+
+@dataclass(frozen=True, slots=True)
+class EvalConfig:
+    name: str
+    kind: str  # solo | fused | self
+    models: tuple[str, ...]
+    judge: str
+    mode: str
+
+    def describe(self) -> dict[str, Any]:
+        """What defines the config (settings.json compares these between runs)."""
+        return {"kind": self.kind, "models": list(self.models), "judge": self.judge,
+                "mode": self.mode}
+
+
+def build_configs(panel: list[str], judge: str, modes: list[str],
+                  self_fusion: str | None) -> list[EvalConfig]:
+    """`self_fusion`: None = the default (judge model × seats), "none" = skip, else a spec."""
+    specs = [parse_spec(s) for s in panel]
+    seats = sum(s.count for s in specs)
+    configs: list[EvalConfig] = []
+    for model in dict.fromkeys(s.id for s in specs):  # distinct, in the order given
+        configs.append(EvalConfig(f"solo {model}", "solo", (model,), model, SOLO_MODE))
+    if len(set(modes)) != len(modes):
+        raise UsageError(f"--mode given twice: {modes}")
+    for mode in modes:
+        configs.append(EvalConfig(f"fused {mode}", "fused", tuple(panel), judge, mode))
+    if self_fusion is None or self_fusion.lower() != "none":
+        spec = parse_spec(self_fusion or parse_spec(judge).id)
+        count = spec.count if self_fusion and "*" in self_fusion else seats
+        if count < 2:
+            raise UsageError("self-fusion needs at least 2 samples: pass --self-fusion SPEC*N "
+                             "(N >= 2) or --self-fusion none")
+        model = f"{spec.id}*{count}"
+        configs.append(EvalConfig(f"self {model} {modes[0]}", "self", (model,), judge,
+                                  modes[0]))
+    return configs

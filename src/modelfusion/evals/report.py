@@ -1,0 +1,120 @@
+"""results.json, results.md and chart.png from the records; all written atomically."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..errors import UsageError
+from .dataset import EXTRA_HINT
+from .metrics import ConfigSummary, add_ratios, summarise
+from .store import RunDir, atomic_write
+
+KIND_ORDER = {"solo": 0, "fused": 1, "self": 2}
+LATENCY_NOTE = (
+    "latency = the fusion's measured wall time + the recorded latency of the calls it "
+    "replayed from the cache; exact for embedded models (one call at a time), an upper bound "
+    "for panels whose members run in parallel (cloud). --no-replay measures everything live.")
+
+
+def require_matplotlib() -> None:
+    """Fail before the run, not after it, when the chart cannot be drawn."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UsageError(f"the eval chart needs matplotlib: {EXTRA_HINT}") from None
+
+
+def summaries(settings: Mapping[str, Any], task_ids: Sequence[str],
+              records: Mapping[tuple[str, str], Mapping[str, Any]]
+              ) -> tuple[list[ConfigSummary], ConfigSummary | None]:
+    """One summary per config known to the folder, over this run's problems."""
+    names = sorted(settings["configs"],
+                   key=lambda n: KIND_ORDER.get(settings["configs"][n]["kind"], 9))
+    out = []
+    for name in names:
+        rows = [records[(name, t)] for t in task_ids if (name, t) in records]
+        out.append(summarise(name, settings["configs"][name]["kind"], rows))
+    return out, add_ratios(out)
+
+
+def write(run_dir: RunDir, settings: Mapping[str, Any], task_ids: Sequence[str],
+          records: Mapping[tuple[str, str], Mapping[str, Any]]) -> list[ConfigSummary]:
+    rows, ref = summaries(settings, task_ids, records)
+    results = {
+        "dataset": settings["dataset"],
+        "n_problems": len(task_ids),
+        "task_ids": list(task_ids),
+        "reference": ref.name if ref else None,
+        "pass@1": {s.name: round(s.pass_at_1, 4) for s in rows if s.n},
+        "configs": [s.to_dict() for s in rows],
+        "latency_note": LATENCY_NOTE,
+        "settings": settings,
+    }
+    atomic_write(run_dir.path / "results.json", json.dumps(results, indent=2) + "\n")
+    atomic_write(run_dir.path / "results.md", markdown(rows, ref, len(task_ids)))
+    atomic_write(run_dir.path / "chart.png", chart(rows))
+    return rows
+
+
+def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
+    return "—" if value is None else f"{value:{spec}}{suffix}"
+
+
+def table_rows(rows: Sequence[ConfigSummary]) -> list[list[str]]:
+    out = []
+    for s in rows:
+        cost = "—" if s.cost is None else f"${s.cost / s.n:.5f}" if s.n else "—"
+        out.append([
+            s.name, str(s.n), f"{s.pass_at_1 * 100:.1f} %" if s.n else "—",
+            _fmt(s.delta_points, "+.1f"), f"{s.tokens_mean:,.0f}", cost,
+            f"{s.latency_p50_s:.1f} s", f"{s.latency_mean_s:.1f} s",
+            _fmt(s.latency_x, ".2f", "×"), _fmt(s.tokens_x, ".2f", "×"),
+            _fmt(s.cost_x, ".2f", "×"),
+        ])
+    return out
+
+
+HEADERS = ["config", "n", "pass@1", "Δ pts", "tokens/problem", "cost/problem",
+           "latency p50", "latency mean", "latency ×", "tokens ×", "cost ×"]
+
+
+def markdown(rows: Sequence[ConfigSummary], ref: ConfigSummary | None, n_problems: int) -> str:
+    lines = [f"| {' | '.join(HEADERS)} |", f"|{'---|' * len(HEADERS)}"]
+    lines += [f"| {' | '.join(cells)} |" for cells in table_rows(rows)]
+    note = (f"\nΔ and × are against the best solo member ({ref.name}). "
+            if ref else "\nNo solo member finished a problem yet: no ratios. ")
+    note += (f"{n_problems} problems selected; n is how many each config has finished. "
+             f"{LATENCY_NOTE}\n")
+    return "\n".join(lines) + "\n" + note
+
+
+def chart(rows: Sequence[ConfigSummary]) -> bytes:
+    """pass@1 vs mean latency, one labelled point per config (PNG bytes)."""
+    require_matplotlib()
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display; safe in threads and on servers
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 4.8), dpi=110)
+    ax = fig.add_subplot()
+    colours = {"solo": "tab:blue", "fused": "tab:orange", "self": "tab:green"}
+    for s in rows:
+        if not s.n:
+            continue
+        ax.scatter(s.latency_mean_s, s.pass_at_1 * 100, color=colours.get(s.kind, "grey"),
+                   s=50, zorder=3)
+        ax.annotate(f"{s.name} (n={s.n})", (s.latency_mean_s, s.pass_at_1 * 100),
+                    textcoords="offset points", xytext=(6, 5), fontsize=8)
+    ax.set_xlabel("mean latency per problem (s)")
+    ax.set_ylabel("pass@1 (%)")
+    ax.set_ylim(-5, 105)
+    ax.set_xlim(left=0)
+    ax.grid(True, alpha=0.3)
+    ax.set_title("pass@1 vs latency per config")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    return buf.getvalue()

@@ -1,0 +1,145 @@
+"""The eval loop: problem-major (each problem through every config before the next), so a
+partial run still compares every config on the same problems. Every config runs through
+`Fusion`; this module only chooses what to run, grades it and records it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..config import Config, parse_spec
+from ..errors import AllMembersFailed, BudgetExceeded
+from ..fusion import Fusion, ProviderPool
+from ..types import FusionResult, MemberResult, Usage
+from .configs import EvalConfig
+from .dataset import Problem
+from .grade import Grade, candidate_code, grade
+from .replay import TALLY, CallCache, LivePool, ReplayPool, ReplayTally
+from .store import RunDir
+
+Record = dict[str, Any]
+RecordHook = Callable[[Record], None]
+
+
+def problem_seed(seed: int, problem: Problem) -> int:
+    """Per-problem seed: fixed by the problem's own number, whatever subset is run, so a
+    replayed call is the sample a live run would draw."""
+    return seed + problem.number
+
+
+class Runner:
+    def __init__(self, *, configs: list[EvalConfig], problems: list[Problem], run_dir: RunDir,
+                 config: Config, options: dict[str, Any], seed: int, replay: bool,
+                 records: dict[tuple[str, str], Record],
+                 on_start: Callable[[EvalConfig, Problem], None] | None = None,
+                 on_record: RecordHook | None = None,
+                 on_problem: Callable[[], object] | None = None) -> None:
+        self.configs = configs
+        self.problems = problems
+        self.run_dir = run_dir
+        self.config = config
+        self.options = options
+        self.seed = seed
+        self.replay = replay
+        self.records = records
+        self.on_start = on_start
+        self.on_record = on_record
+        self.on_problem = on_problem
+        self._grades: dict[tuple[str, str], Grade] = {}
+
+    def pending(self) -> int:
+        return sum((c.name, p.task_id) not in self.records
+                   for p in self.problems for c in self.configs)
+
+    def fusion(self, cfg: EvalConfig, seed: int, pool: ProviderPool | None = None) -> Fusion:
+        """The Fusion for one config (also used up front to check every config)."""
+        options = dict(self.options)
+        seats = sum(parse_spec(m).count for m in cfg.models)
+        if options.get("quorum") and options["quorum"] > seats:
+            options.pop("quorum")  # a solo member cannot wait for a quorum of three
+        return Fusion(list(cfg.models), judge=cfg.judge, mode=cfg.mode, config=self.config,
+                      pool=pool, seed=seed, **options)
+
+    async def run(self) -> None:
+        if self.replay:
+            pool: ProviderPool = ReplayPool(self.config, CallCache(self.run_dir.calls_path))
+        else:
+            pool = LivePool(self.config)
+        try:
+            with self.run_dir.appender() as writer:
+                for problem in self.problems:
+                    ran = False
+                    for cfg in self.configs:
+                        if (cfg.name, problem.task_id) in self.records:
+                            continue
+                        if self.on_start is not None:
+                            self.on_start(cfg, problem)
+                        record = await self._one(pool, cfg, problem)
+                        writer.append(record)
+                        self.records[(cfg.name, problem.task_id)] = record
+                        ran = True
+                        if self.on_record is not None:
+                            self.on_record(record)
+                    if ran and self.on_problem is not None:
+                        self.on_problem()
+        finally:
+            await pool.aclose()
+
+    async def _one(self, pool: ProviderPool, cfg: EvalConfig, problem: Problem) -> Record:
+        seed = problem_seed(self.seed, problem)
+        fusion = self.fusion(cfg, seed, pool)
+        tally = ReplayTally()
+        token = TALLY.set(tally)  # the panel's tasks inherit it
+        started = time.monotonic()
+        result: FusionResult | None = None
+        failure: AllMembersFailed | BudgetExceeded | None = None
+        try:
+            result = await fusion.run(problem.messages())
+        except (AllMembersFailed, BudgetExceeded) as e:
+            failure = e
+        finally:
+            TALLY.reset(token)
+        wall_ms = (time.monotonic() - started) * 1000
+        members = result.members if result is not None else list(
+            getattr(failure, "members", None) or [])
+        answer = result.answer if result is not None else None
+        grades = await asyncio.gather(self._grade(problem, answer),
+                                      *(self._grade(problem, m.content) for m in members))
+        verdict, member_grades = grades[0], grades[1:]
+        usage = result.usage if result is not None else sum(
+            (m.usage for m in members), Usage())
+        fusion_ms = result.timings.total_ms if result is not None else wall_ms
+        return {
+            "config": cfg.name, "task_id": problem.task_id, "seed": seed,
+            "passed": verdict.passed, "error": verdict.error, "error_detail": verdict.detail,
+            "answer": answer, "code": candidate_code(answer) if answer else "",
+            "tokens": {"prompt": usage.prompt_tokens, "completion": usage.completion_tokens},
+            "cost": result.cost if result is not None else None,
+            "latency_ms": round(fusion_ms + tally.replayed_ms, 1),
+            "fusion_ms": round(fusion_ms, 1), "replayed_ms": round(tally.replayed_ms, 1),
+            "replayed_calls": tally.replayed_calls, "live_calls": tally.live_calls,
+            "chosen": result.chosen if result is not None else None,
+            "reason": result.reason if result is not None else str(failure),
+            "judge": ({"status": result.judge.status, "reason": result.judge.reason}
+                      if result is not None else None),
+            "members": [_member(m, g) for m, g in zip(members, member_grades, strict=True)],
+        }
+
+    async def _grade(self, problem: Problem, answer: str | None) -> Grade:
+        if answer is None:
+            return Grade(False, "no_answer")
+        key = (problem.task_id, hashlib.sha256(answer.encode()).hexdigest())
+        if key not in self._grades:  # solo and panel often give the very same answer
+            self._grades[key] = await grade(problem, answer)
+        return self._grades[key]
+
+
+def _member(m: MemberResult, g: Grade) -> dict[str, Any]:
+    return {"model": m.model, "status": m.status, "reason": m.reason,
+            "passed": g.passed if m.ok else None, "error": g.error if m.ok else None,
+            "latency_ms": round(m.latency_ms, 1),
+            "tokens": {"prompt": m.usage.prompt_tokens, "completion": m.usage.completion_tokens}}
