@@ -19,6 +19,7 @@ from modelfusion.evals import dataset
 from modelfusion.evals.grade import assemble, candidate_code, grade
 from modelfusion.evals.metrics import mean_pass_at_k, pass_at_k
 from modelfusion.evals.progress import EvalProgress
+from modelfusion.evals.store import RunDir
 from tests.fake_upstream import RecordedRequest, Reply
 from tests.test_local import MODEL, needs_llama, needs_parts, session_home  # noqa: F401
 
@@ -296,6 +297,23 @@ def test_user_mistakes_exit_2_with_a_message(fake_config, tmp_path):
     res = CliRunner().invoke(app, ["eval", "mbpp"])
     assert res.exit_code == 2 and "unknown dataset 'mbpp'" in res.output
     assert "fusion eval humaneval --limit" in CliRunner().invoke(app, ["eval", "--help"]).output
+
+
+def test_a_torn_last_record_is_dropped_on_load(tmp_path):
+    run = RunDir(tmp_path)
+    run.prepare(fresh=False)
+    good = [{"config": "c", "task_id": f"HumanEval/{i}", "passed": True} for i in range(2)]
+    text = "".join(json.dumps(r) + "\n" for r in good)
+    run.records_path.write_text(text + '{"config": "c", "task_id": "Huma')  # cut mid-write
+    assert list(run.load_records()) == [("c", "HumanEval/0"), ("c", "HumanEval/1")]
+    assert run.records_path.read_text() == text  # the torn line is gone from the file too
+
+
+def test_missing_matplotlib_names_the_extra(fake_config, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import now raises ImportError
+    res = _eval(fake_config, tmp_path / "run")
+    assert res.exit_code == 2 and "modelfusion[eval]" in res.output
+    assert not (tmp_path / "run").exists()  # refused before anything ran
 
 
 # ---------------------------------------------------------------------------------------

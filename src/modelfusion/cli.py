@@ -12,6 +12,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.markdown import Markdown
+from rich.markup import escape
 from rich.panel import Panel as RichPanel
 from rich.table import Table
 
@@ -44,10 +45,11 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except UsageError as e:
-            err.print(f"[red]error:[/red] {e}", highlight=False)
+            # escape: messages carry text like 'modelfusion[local]' that is not markup
+            err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
             raise typer.Exit(2) from None
         except FusionError as e:
-            err.print(f"[red]fusion failed ({e.code}):[/red] {e}", highlight=False)
+            err.print(f"[red]fusion failed ({e.code}):[/red] {escape(str(e))}", highlight=False)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err.print("interrupted")
