@@ -101,14 +101,16 @@ def chart(rows: Sequence[ConfigSummary]) -> bytes:
 
     fig = Figure(figsize=(7.5, 4.8), dpi=110)
     ax = fig.add_subplot()
-    colours = {"solo": "tab:blue", "fused": "tab:orange", "self": "tab:green"}
-    for s in rows:
-        if not s.n:
-            continue
-        ax.scatter(s.latency_mean_s, s.pass_at_1 * 100, color=colours.get(s.kind, "grey"),
-                   s=50, zorder=3)
-        ax.annotate(f"{s.name} (n={s.n})", (s.latency_mean_s, s.pass_at_1 * 100),
-                    textcoords="offset points", xytext=(6, 5), fontsize=8)
+    markers = {"solo": "o", "fused": "s", "self": "^"}
+    colours = matplotlib.colormaps["tab10"]
+    # Full names would overlap (configs cluster), so each point carries its number and the
+    # legend below the axes names it.
+    for i, s in enumerate((s for s in rows if s.n), start=1):
+        x, y = s.latency_mean_s, s.pass_at_1 * 100
+        ax.scatter(x, y, color=colours((i - 1) % 10), marker=markers.get(s.kind, "o"), s=60,
+                   zorder=3, label=f"{i}  {s.name} (n={s.n})")
+        ax.annotate(str(i), (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=8, frameon=False)
     ax.set_xlabel("mean latency per problem (s)")
     ax.set_ylabel("pass@1 (%)")
     ax.set_ylim(-5, 105)
