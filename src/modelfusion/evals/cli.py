@@ -148,20 +148,24 @@ def register(app: typer.Typer) -> None:
                 asyncio.run(runner.run())
         finally:  # also on Ctrl-C: the summary matches the records kept so far
             rows = write_results()
-        _print_table(rows)
+        _print_table(rows, (run_dir.path / "results.md").read_text(encoding="utf-8"))
         err.print(f"[dim]{report.LATENCY_NOTE}\nresults: {run_dir.path}/results.md, "
                   "results.json, chart.png[/dim]", highlight=False)
 
     _ = eval_command
 
 
-def _print_table(rows: list[Any]) -> None:
+def _print_table(rows: list[Any], markdown: str) -> None:
+    out = Console()
+    if not out.is_terminal:  # piped or logged: the markdown table reads (and pastes) best
+        print(markdown, end="")
+        return
     table = Table(title="fusion eval", title_justify="left")
     for header in report.HEADERS:
         table.add_column(header, justify="left" if header == "config" else "right")
     for cells in report.table_rows(rows):
         table.add_row(*cells)
-    Console().print(table)
+    out.print(table)
 
 
 __all__ = ["UsageError", "register"]

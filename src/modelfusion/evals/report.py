@@ -110,7 +110,8 @@ def chart(rows: Sequence[ConfigSummary]) -> bytes:
         ax.scatter(x, y, color=colours((i - 1) % 10), marker=markers.get(s.kind, "o"), s=60,
                    zorder=3, label=f"{i}  {s.name} (n={s.n})")
         ax.annotate(str(i), (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=8, frameon=False)
+    if any(s.n for s in rows):
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=8, frameon=False)
     ax.set_xlabel("mean latency per problem (s)")
     ax.set_ylabel("pass@1 (%)")
     ax.set_ylim(-5, 105)
