@@ -316,6 +316,17 @@ def test_missing_matplotlib_names_the_extra(fake_config, tmp_path, monkeypatch):
     assert not (tmp_path / "run").exists()  # refused before anything ran
 
 
+def test_judge_accepts_raw_newlines_inside_json_strings():
+    # Found by the smoke eval: the embedded 1.5B merge judge writes its answer's code with
+    # raw newlines inside the JSON string; strict json.loads refused it, so merge fell back
+    # to the consensus pick on 2 of 3 problems.
+    from modelfusion.judge import parse_json
+
+    raw = '{"analysis": {"consensus": []}, "answer": "```python\ndef f():\n    return 1\n```"}'
+    raw = raw.replace("\\n", "\n")  # real newline characters inside the string
+    assert "\n" in raw and parse_json(raw)["answer"].splitlines()[1] == "def f():"
+
+
 # ---------------------------------------------------------------------------------------
 # End to end on the embedded 0.5B, as a user runs it
 

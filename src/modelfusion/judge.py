@@ -83,19 +83,20 @@ def render_request(messages: list[Message]) -> str:
 
 
 def parse_json(text: str) -> Any:
-    """Parse a JSON object from model output: tolerate code fences and chatter around it."""
+    """Parse a JSON object from model output: tolerate code fences and chatter around it,
+    and raw newlines/tabs inside strings (small models write code that way; strict=False)."""
     text = text.strip()
     fenced = re.search(r"```(?:json)?\s*(\{.*\})\s*```", text, re.S)
     if fenced:
         text = fenced.group(1)
     try:
-        return json.loads(text)
+        return json.loads(text, strict=False)
     except json.JSONDecodeError:
         pass
     start, end = text.find("{"), text.rfind("}")
     if start == -1 or end <= start:
         raise ValueError("no JSON object in the judge's reply")
-    return json.loads(text[start : end + 1])
+    return json.loads(text[start : end + 1], strict=False)
 
 
 def similarity(a: str, b: str) -> float:
