@@ -13,7 +13,6 @@ from rich.console import Console
 from rich.table import Table
 
 from ..config import load_config
-from ..errors import UsageError
 from . import dataset, report
 from .configs import build_configs
 from .grade import MEMORY_MB, TIMEOUT_S
@@ -99,7 +98,9 @@ def register(app: typer.Typer) -> None:
         modes = list(mode or [chosen.mode if chosen else "merge"])
         options: dict[str, Any] = {**(chosen.options if chosen else {}),
                                    "timeout": EVAL_TIMEOUT_S, "deadline": EVAL_DEADLINE_S}
-        options["max_tokens"] = max_tokens or options.get("max_tokens") or DEFAULT_MAX_TOKENS
+        if max_tokens is not None:
+            options["max_tokens"] = max_tokens  # Fusion refuses < 1 with a clear message
+        options.setdefault("max_tokens", DEFAULT_MAX_TOKENS)
         if temperature is not None:
             options["temperature"] = temperature
         options.pop("seed", None)  # per problem, below
@@ -152,8 +153,6 @@ def register(app: typer.Typer) -> None:
         err.print(f"[dim]{report.LATENCY_NOTE}\nresults: {run_dir.path}/results.md, "
                   "results.json, chart.png[/dim]", highlight=False)
 
-    _ = eval_command
-
 
 def _print_table(rows: list[Any], markdown: str) -> None:
     out = Console()
@@ -167,5 +166,3 @@ def _print_table(rows: list[Any], markdown: str) -> None:
         table.add_row(*cells)
     out.print(table)
 
-
-__all__ = ["UsageError", "register"]
