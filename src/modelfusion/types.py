@@ -229,16 +229,20 @@ class ChecksReport:
     rule: str  # one_passed | several_passed | none_passed | no_checks
     passing: list[int]  # member indexes that passed every check
     candidates: list[CandidateChecks]
+    # Wall time spent running the checks (inside `timings.overhead_ms`: not panel, not judge).
+    duration_ms: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {"total": self.total, "found": self.found, "rule": self.rule,
-                "passing": self.passing, "candidates": [c.to_dict() for c in self.candidates]}
+                "passing": self.passing, "candidates": [c.to_dict() for c in self.candidates],
+                "duration_ms": round(self.duration_ms, 1)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ChecksReport:
         return cls(total=int(d.get("total", 0)), found=dict(d.get("found") or {}),
                    rule=str(d.get("rule", "")), passing=list(d.get("passing") or []),
-                   candidates=[CandidateChecks.from_dict(c) for c in d.get("candidates") or []])
+                   candidates=[CandidateChecks.from_dict(c) for c in d.get("candidates") or []],
+                   duration_ms=float(d.get("duration_ms") or 0.0))
 
     def lines(self) -> list[str]:
         """What a terminal shows: one line per candidate, or that there was nothing to run."""

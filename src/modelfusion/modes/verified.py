@@ -152,6 +152,7 @@ def _clip(text: str, limit: int = 80) -> str:
 
 
 async def _check_all(ctx: ModeContext, spec: CheckSpec) -> ChecksReport:
+    started = time.monotonic()
     gate = asyncio.Semaphore(CONCURRENCY)
     codes = {m.index: extract_code(m.content or "") for m in ctx.candidates}
 
@@ -168,7 +169,10 @@ async def _check_all(ctx: ModeContext, spec: CheckSpec) -> ChecksReport:
     runs = await asyncio.gather(*(one(m) for m in ctx.candidates))
     candidates = [_candidate(m, spec, codes[m.index], run)
                   for m, run in zip(ctx.candidates, runs, strict=True)]
-    signatures = {c.member: _signature(spec, run) if c.status == "ran" else None
+    # Code that did not load cleanly (a SyntaxError, a crash at import) is comparable to
+    # nothing: two broken answers failing alike do not "agree".
+    signatures = {c.member: _signature(spec, run)
+                  if c.status == "ran" and run is not None and run.load_error is None else None
                   for c, run in zip(candidates, runs, strict=True)}
     for c in candidates:
         mine = signatures[c.member]
@@ -179,7 +183,8 @@ async def _check_all(ctx: ModeContext, spec: CheckSpec) -> ChecksReport:
     rule = ("no_checks" if not total else "one_passed" if len(passing) == 1
             else "several_passed" if passing else "none_passed")
     return ChecksReport(total=total, found=spec.counts(), rule=rule, passing=passing,
-                        candidates=candidates)
+                        candidates=candidates,
+                        duration_ms=(time.monotonic() - started) * 1000)
 
 
 def _candidate(member: MemberResult, spec: CheckSpec, code: str,
