@@ -37,7 +37,8 @@ def test_humaneval_prompt_gives_doctests_context_and_entry() -> None:
     # The import and the helper with a body are context; the stub to write is not.
     assert "from typing import List" in spec.context
     assert "def is_palindrome" in spec.context and "make_palindrome" not in spec.context
-    assert spec.total == 2 and spec.counts() == {"doctest": 2, "assert": 0, "example": 0}
+    assert spec.total == 2 and spec.counts() == {"doctest": 2, "assert": 0, "example": 0,
+                                                    "probe": 0}
 
 
 def test_multi_line_output_continuation_lines_and_setup_steps() -> None:
@@ -156,3 +157,49 @@ Thanks!''')
     assert spec.entries == ("head",)
     assert spec.context == "from typing import List"
     assert spec.checks == (Check("doctest", "head([3, 4])", "3\n"),)
+
+
+def test_calls_without_a_usable_expected_value_are_probes_not_checks() -> None:
+    spec = spec_of('''def fruit(s, n):
+    """Count the mangoes.
+    fruit("5 apples and 6 oranges", 19) ->19 - 5 - 6 = 8
+    fruit("0 apples and 1 oranges", 3) -> 2
+    is_simple_power(1, 4) => true
+    Call fruit(s) with a variable, or fruit(x, 1): not literal, no probe.
+    """
+''')
+    assert spec.checks == (Check("example", 'fruit("0 apples and 1 oranges", 3)', "2"),
+                           Check("probe", 'fruit("5 apples and 6 oranges", 19)'))
+    assert spec.total == 1 and spec.probes == 1  # a probe is run, never counted
+
+
+def test_lowercase_true_and_returns_comments_are_examples() -> None:
+    spec = spec_of('''def is_simple_power(x, n):
+    """
+    is_simple_power(1, 4) => true
+    is_simple_power(3, 2) => false
+    to_bin(15)   # returns "1111"
+    """
+
+def to_bin(n):
+    ...
+''')
+    assert [(c.source, c.expected) for c in spec.checks] == [
+        ("is_simple_power(1, 4)", "True"), ("is_simple_power(3, 2)", "False"),
+        ("to_bin(15)", '"1111"')]
+
+
+def test_one_broken_example_does_not_hide_the_others() -> None:
+    # A literal newline inside a string breaks doctest's parse of the whole docstring.
+    spec = spec_of('''def strip_vowels(text):
+    """
+    >>> strip_vowels('')
+    ''
+    >>> strip_vowels("ab
+    cd")
+    'bcd'
+    >>> strip_vowels('aaa')
+    ''
+    """
+''')
+    assert [c.source for c in spec.checks] == ["strip_vowels('')", "strip_vowels('aaa')"]

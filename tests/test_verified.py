@@ -312,7 +312,7 @@ def test_cli_json_and_text_output(upstream, fake_config, tmp_path):
     assert out["mode"] == "verified" and out["chosen"] == "fake:beta"
     checks = out["checks"]
     assert checks["rule"] == "one_passed" and checks["total"] == 2
-    assert checks["found"] == {"doctest": 2, "assert": 0, "example": 0}
+    assert checks["found"] == {"doctest": 2, "assert": 0, "example": 0, "probe": 0}
     row = checks["candidates"][0]
     assert checks["duration_ms"] > 0
     assert set(row) == {"member", "model", "passed", "total", "agreement", "status", "error",
@@ -430,3 +430,22 @@ async def test_end_to_end_on_a_humaneval_prompt_with_the_embedded_model(model_ho
         assert result.judge.status == "skipped" and result.judge.usage.total_tokens == 0
     assert result.answer in [m.content for m in result.members]
     assert SENTINEL not in json.dumps(result.to_dict())
+
+
+async def test_no_checks_but_example_inputs_rank_by_behaviour(upstream, fake_config):
+    prompt = ('def double(n):\n    """Return twice n: double(4) gives eight, double(-1) '
+              'minus two."""\n')
+    times = "```python\ndef double(n):\n    return n * 2\n```"
+    plus = "```python\ndef double(n):\n    return n + n\n```"
+    square = "```python\ndef double(n):\n    return n ** 2\n```"
+    script(upstream, times, square, plus, judge=pick("n + n"))
+    result = await verify(fake_config, prompt=prompt)
+    checks = result.checks
+    assert checks is not None and checks.rule == "no_checks" and checks.total == 0
+    assert checks.found["probe"] == 2
+    assert [c.agreement for c in checks.candidates] == [1, 0, 1]
+    (req,) = judge_requests(upstream)
+    shown = judge_text(req)
+    assert labels_shown(shown) == 2 and "n ** 2" not in shown  # the odd one out is not shown
+    assert result.answer == plus
+    assert "ranked by behaviour on 2 example inputs" in (result.reason or "")

@@ -7,10 +7,14 @@ Only the request's user messages are read — never anything else. Three kinds o
   `>>>` statement with no output (`>>> xs = [3, 1]`) is a setup step, run but not counted;
 - assert: `assert ...` statements at the top level of the request's code, or on a line of
   its prose (and `>>> expr == value` with no output line, as HumanEval writes some);
-- example: a line `name(args) == value` (also `=>`, `==>`, `➞`, `→`, `->`) whose left side
-  calls a function the request defines, with literal arguments, and whose right side is a
-  Python literal — the
-  style of many HumanEval docstrings (`is_multiply_prime(30) == True`).
+- example: a line `name(args) == value` (also `=>`, `==>`, `➞`, `→`, `->`, `# returns`)
+  whose left side calls a function the request defines, with literal arguments, and whose
+  right side is a Python literal (or `true`/`false`) — the style of many HumanEval
+  docstrings (`is_multiply_prime(30) == True`).
+
+Calls to the request's functions with literal arguments that come with no usable expected
+value (`fruit_distribution("5 apples and 6 oranges", 19) ->19 - 5 - 6 = 8`) become *probes*:
+run, never counted as checks, they only tell which candidates behave alike.
 
 Besides the checks, the request's *context*: its import lines and the helper functions and
 classes it defines with a real body, so that a candidate which leaves out
@@ -32,12 +36,14 @@ from typing import Literal
 from .code import fences, parses
 from .types import Message
 
-CheckKind = Literal["doctest", "assert", "example", "setup"]
+CheckKind = Literal["doctest", "assert", "example", "setup", "probe"]
 MAX_CHECKS = 64  # a request with more examples than this gets the first 64 checked
 
 _PYTHON_TAGS = {"python", "py", "python3", "pycon", ""}
-_ARROW = re.compile(r"^\s*(?P<lhs>[A-Za-z_]\w*\s*\(.*\))\s*(?:==>|=>|==|➞|→|->)\s*(?P<rhs>.+?)"
-                    r"\s*[.,;]?\s*$")
+_ARROW = re.compile(r"^\s*(?P<lhs>[A-Za-z_]\w*\s*\(.*\))\s*(?:==>|=>|==|➞|→|->|#\s*returns?)"
+                    r"\s*(?P<rhs>.+?)\s*[.,;]?\s*$")
+_CALL = re.compile(r"(?<![\w.])([A-Za-z_]\w*)\(")
+_WORDS = {"true": "True", "false": "False", "none": "None"}
 _CODE_START = re.compile(r"^(?:def |class |async def |from \S+ import |import |@)", re.M)
 
 
@@ -50,7 +56,7 @@ class Check:
 
     @property
     def counted(self) -> bool:
-        return self.kind != "setup"
+        return self.kind not in ("setup", "probe")
 
     def to_dict(self) -> dict[str, str | None]:
         return {"kind": self.kind, "source": self.source, "expected": self.expected,
@@ -67,9 +73,13 @@ class CheckSpec:
     def total(self) -> int:
         return sum(c.counted for c in self.checks)
 
+    @property
+    def probes(self) -> int:
+        return sum(c.kind == "probe" for c in self.checks)
+
     def counts(self) -> dict[str, int]:
         return {kind: sum(c.kind == kind for c in self.checks)
-                for kind in ("doctest", "assert", "example")}
+                for kind in ("doctest", "assert", "example", "probe")}
 
 
 def find_checks(messages: Sequence[Message]) -> CheckSpec:
@@ -193,6 +203,7 @@ def _code_checks(source: str, tree: ast.Module, names: set[str]) -> list[Check]:
         if doc:
             checks.extend(_doctests(doc))
             checks.extend(_examples(doc, names))
+            checks.extend(_probes(doc, names))
     for node in _top_level_asserts(tree):
         checks.append(Check("assert", ast.get_source_segment(source, node) or ast.unparse(node)))
     return checks
@@ -210,15 +221,16 @@ def _top_level_asserts(tree: ast.Module) -> list[ast.Assert]:
 
 
 def _text_checks(text: str, names: set[str]) -> list[Check]:
-    return [*_doctests(text), *_prose_asserts(text), *_examples(text, names)]
+    return [*_doctests(text), *_prose_asserts(text), *_examples(text, names),
+            *_probes(text, names)]
 
 
 def _doctests(text: str) -> list[Check]:
     try:
         examples = doctest.DocTestParser().get_examples(text)
-    except ValueError:  # inconsistent indentation somewhere: parse paragraph by paragraph
+    except ValueError:  # inconsistent indentation somewhere: parse example by example
         examples = []
-        for part in re.split(r"\n\s*\n", text):
+        for part in re.split(r"(?m)^(?=[ \t]*>>>)", text):
             try:
                 examples.extend(doctest.DocTestParser().get_examples(part))
             except ValueError:
@@ -289,6 +301,7 @@ def _examples(text: str, names: set[str]) -> list[Check]:
         if not m:
             continue
         lhs, rhs = m["lhs"].strip(), m["rhs"].strip()
+        rhs = _WORDS.get(rhs.lower(), rhs)
         try:
             call = ast.parse(lhs, mode="eval").body
             ast.literal_eval(rhs)
@@ -305,7 +318,47 @@ def _examples(text: str, names: set[str]) -> list[Check]:
     return checks
 
 
+def _probes(text: str, names: set[str]) -> list[Check]:
+    """Calls to the request's own functions with literal arguments, anywhere in the text."""
+    probes = []
+    for m in _CALL.finditer(text):
+        if m.group(1) not in names:
+            continue
+        source = _balanced_call(text, m.start(), m.end() - 1)
+        if source is None:
+            continue
+        try:
+            call = ast.parse(source, mode="eval").body
+            if not isinstance(call, ast.Call) or not (call.args or call.keywords):
+                continue
+            for arg in [*call.args, *(k.value for k in call.keywords)]:
+                ast.literal_eval(arg)
+        except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
+            continue
+        probes.append(Check("probe", source))
+    return probes
+
+
+def _balanced_call(text: str, start: int, paren: int) -> str | None:
+    """`name(...)` from `start`, up to its closing parenthesis on the same line."""
+    depth = 0
+    for i in range(paren, min(len(text), paren + 500)):
+        if text[i] in "([{":
+            depth += 1
+        elif text[i] in ")]}":
+            depth -= 1
+            if depth == 0:
+                return text[start:i + 1]
+        elif text[i] == "\n":
+            return None
+    return None
+
+
 def _dedupe(checks: list[Check]) -> list[Check]:
+    """One check per (kind, source, expected); a probe only for a call not checked already."""
+    checked = [c.source for c in checks if c.kind != "probe"]
+    checks = [c for c in checks
+              if c.kind != "probe" or not any(c.source in source for source in checked)]
     seen: set[tuple[str, str, str | None]] = set()
     out = []
     for c in checks:

@@ -204,7 +204,8 @@ class CandidateChecks:
 
     def line(self) -> str:
         """One line for a terminal: `model: 2/3 checks passed · failed f(1): ...`."""
-        parts = [f"{self.model}: {self.passed}/{self.total} checks passed"]
+        parts = [f"{self.model}: {self.passed}/{self.total} checks passed" if self.total
+                 else f"{self.model}: no visible checks"]
         if self.agreement:
             parts.append(f"same outputs as {self.agreement} other"
                          + ("s" if self.agreement > 1 else ""))
@@ -225,7 +226,7 @@ class ChecksReport:
     """Verified mode's account: the checks found, each candidate's results, the rule used."""
 
     total: int  # visible checks found in the request
-    found: dict[str, int]  # per kind: doctest, assert, example
+    found: dict[str, int]  # per kind: doctest, assert, example; probe (inputs, not counted)
     rule: str  # one_passed | several_passed | none_passed | no_checks
     passing: list[int]  # member indexes that passed every check
     candidates: list[CandidateChecks]
@@ -246,7 +247,7 @@ class ChecksReport:
 
     def lines(self) -> list[str]:
         """What a terminal shows: one line per candidate, or that there was nothing to run."""
-        if not self.total:
+        if not self.total and all(c.agreement is None for c in self.candidates):
             return ["checks: none found in the request (no doctest examples, asserts or "
                     "f(x) == y lines)"]
         return [f"checks {c.line()}" for c in self.candidates]

@@ -19,8 +19,12 @@ The decision rule (docs/verified.md):
      failed with the expected value (never the actual outputs: the candidate's code wrote
      those, so they stay out of the judge's instructions); if the judge fails: the most
      checks passed, then the highest agreement, then the first-listed member;
-   - no checks found: the reason says so, and the judge picks among all (with no example
-     inputs there is no behaviour to compare); if it fails, `consensus_pick`.
+   - no checks found: the reason says so. If the request still calls its function on
+     example inputs (probes, see `checks`), candidates are ranked by behaviour agreement and
+     the judge picks among the most-agreeing ones (the largest group that behaves alike;
+     all candidates when no two agree); if it fails, the most-agreeing, first-listed one.
+     With no example inputs at all, the judge picks among all; if it fails,
+     `consensus_pick`.
    A judge pool of one candidate, or of identical answers, skips the judge.
 """
 
@@ -68,9 +72,7 @@ async def verified(ctx: ModeContext) -> ModeOutcome:
         head = f"no candidate passed all {spec.total} visible checks (best {best}/{spec.total})"
         evidence = None  # written per label below, once the pool is labelled
     else:
-        pool = list(ctx.candidates)
-        head = ("no visible checks found in the request (doctest examples, asserts, "
-                "`f(x) == y` lines): nothing to run")
+        pool, head = _by_agreement(ctx.candidates, report, spec)
         evidence = ""
     return await _judge(ctx, pool, report, spec, head, evidence)
 
@@ -90,8 +92,9 @@ async def _judge(ctx: ModeContext, pool: list[MemberResult], report: ChecksRepor
         evidence = _failures(labeled, report, spec)
     picked = await pick_best(ctx, labeled, evidence=evidence)
     if picked is None:
-        winner = consensus_pick(pool) if report.rule == "no_checks" else ranked[0]
-        why = ("the candidate that agrees most with the others" if report.rule == "no_checks"
+        by_text = report.rule == "no_checks" and not spec.probes
+        winner = consensus_pick(pool) if by_text else ranked[0]
+        why = ("the candidate whose text agrees most with the others" if by_text
                else "by checks passed, then behaviour agreement, then member order")
         reason = f"{head}; judge failed, chose {why}"
     else:
@@ -100,6 +103,22 @@ async def _judge(ctx: ModeContext, pool: list[MemberResult], report: ChecksRepor
     return ModeOutcome(answer=winner.content or "", chosen=winner.model, reason=reason,
                        checks=report,
                        labels={item.label: item.member.index for item in labeled})
+
+
+def _by_agreement(candidates: list[MemberResult], report: ChecksReport, spec: CheckSpec
+                  ) -> tuple[list[MemberResult], str]:
+    """No checks: the judge's pool is the largest group of candidates that behave alike."""
+    head = "no visible checks found in the request (doctest examples, asserts, `f(x) == y` lines)"
+    if not spec.probes:
+        return list(candidates), f"{head}: nothing to run"
+    agreement = {c.member: c.agreement or 0 for c in report.candidates}
+    top = max(agreement.values())
+    if top == 0:
+        return list(candidates), (f"{head}; no two candidates behave alike on the "
+                                  f"{spec.probes} example inputs")
+    pool = [m for m in candidates if agreement[m.index] == top]
+    return pool, (f"{head}; ranked by behaviour on {spec.probes} example inputs: "
+                  f"{len(pool)} candidates give the same outputs as {top} other(s)")
 
 
 def _skip(pool: list[MemberResult]) -> str | None:
@@ -210,7 +229,7 @@ def _status(spec: CheckSpec, code: str, run: CheckRun | None) -> tuple[str, str 
     if not code:
         return "no_code", "no Python code in the answer"
     if not spec.checks:
-        return "not_run", "no visible checks to run"
+        return "not_run", "no visible checks or example inputs to run"
     if run is None:
         return "not_run", "not run: the fusion's deadline left no time"
     if run.sandbox.timed_out:
@@ -233,9 +252,10 @@ def _signature(spec: CheckSpec, run: CheckRun | None) -> tuple[str, ...] | None:
         return None
     sigs = []
     for i, check in enumerate(spec.checks):
+        if check.kind == "setup":
+            continue
         line = run.results.get(i)
-        if check.counted:
-            if line is None:
-                return None
-            sigs.append(str(line.get("sig")))
+        if line is None:
+            return None
+        sigs.append(str(line.get("sig")))
     return tuple(sigs)
