@@ -328,9 +328,12 @@ def test_cli_json_and_text_output(upstream, fake_config, tmp_path):
     assert lines[1].startswith("checks fake:beta: 2/2 checks passed")
     assert lines[2] == "checks fake:gamma: 0/2 checks passed · no Python code in the answer"
     # The trace keeps the checks: `fusion show --json` has the same key.
-    shown = fusion("show", "--json", _last_trace(home), home=home)
+    trace_id = _last_trace(home)
+    shown = fusion("show", "--json", trace_id, home=home)
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["checks"]["passing"] == [1]
+    text_view = fusion("show", trace_id, home=home)
+    assert "checks fake:beta: 2/2 checks passed" in text_view.stdout
 
 
 def _last_trace(home: str) -> str:

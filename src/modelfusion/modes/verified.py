@@ -7,8 +7,8 @@ The decision rule (docs/verified.md):
    doctest examples, `assert` statements, `f(x) == y` example lines. Nothing else is read —
    for HumanEval that means the docstring's examples, never the hidden tests.
 2. Every candidate's code (`code.extract_code`) runs against them in the sandbox, two at a
-   time, at most 10 s each. An answer with no code fails every check; so does code that
-   crashes or hangs.
+   time per process (all fusions together), at most 10 s each. An answer with no code
+   fails every check; so does code that crashes or hangs.
 3. Behaviour agreement (CodeT / MBR-exec style): for each candidate, how many others
    produced exactly the same outputs on the checks' inputs.
 4. - exactly one candidate passes every check: it is the answer; the judge is skipped;
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 
 from ..checks import Check, CheckSpec, find_checks
 from ..code import defines, extract_code
@@ -42,7 +43,7 @@ from .base import ModeContext, ModeOutcome, register
 from .best_of import pick_best
 from .vote import normalise
 
-CONCURRENCY = 2  # sandboxes at once per fusion (each is a whole Python process)
+CONCURRENCY = 2  # sandboxes at once in this process, all fusions together
 TIMEOUT_S = 10.0  # per candidate: every check, plus loading its code
 MEMORY_MB = 512
 _MIN_RUN_S = 0.5  # less fusion deadline left than this: the candidate is not run
@@ -53,7 +54,8 @@ async def verified(ctx: ModeContext) -> ModeOutcome:
     spec = find_checks(ctx.messages)
     report = await _check_all(ctx, spec)
     by_index = {m.index: m for m in ctx.candidates}
-    found = ", ".join(f"{n} {kind}" for kind, n in report.found.items() if n)
+    found = ", ".join(f"{n} {kind}" for kind, n in report.found.items()
+                      if n and kind != "probe")
     if report.rule == "one_passed":
         winner = by_index[report.passing[0]]
         ctx.judge.result.reason = "one_candidate_passed_checks"
@@ -117,8 +119,8 @@ def _by_agreement(candidates: list[MemberResult], report: ChecksReport, spec: Ch
         return list(candidates), (f"{head}; no two candidates behave alike on the "
                                   f"{spec.probes} example inputs")
     pool = [m for m in candidates if agreement[m.index] == top]
-    return pool, (f"{head}; ranked by behaviour on {spec.probes} example inputs: "
-                  f"{len(pool)} candidates give the same outputs as {top} other(s)")
+    return pool, (f"{head}; ranked by behaviour on {spec.probes} example inputs: the judge "
+                  f"saw the {len(pool)} candidates whose outputs agree with the most others")
 
 
 def _skip(pool: list[MemberResult]) -> str | None:
@@ -170,9 +172,22 @@ def _clip(text: str, limit: int = 80) -> str:
 # ---------------------------------------------------------------- running the checks
 
 
+_gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = \
+    weakref.WeakKeyDictionary()
+
+
+def _gate() -> asyncio.Semaphore:
+    """One limit per event loop, shared by every fusion on it (a server runs many): each
+    sandbox is a whole Python process, and the machine has only so many cores."""
+    loop = asyncio.get_running_loop()
+    if loop not in _gates:
+        _gates[loop] = asyncio.Semaphore(CONCURRENCY)
+    return _gates[loop]
+
+
 async def _check_all(ctx: ModeContext, spec: CheckSpec) -> ChecksReport:
     started = time.monotonic()
-    gate = asyncio.Semaphore(CONCURRENCY)
+    gate = _gate()
     codes = {m.index: extract_code(m.content or "") for m in ctx.candidates}
 
     async def one(member: MemberResult) -> CheckRun | None:
