@@ -38,6 +38,10 @@ from .types import Message
 
 CheckKind = Literal["doctest", "assert", "example", "setup", "probe"]
 MAX_CHECKS = 64  # a request with more examples than this gets the first 64 checked
+MAX_CHARS = 100_000  # of each message: the parsing below must stay cheap on any request
+# Characters handed to the parser while looking for unfenced code in prose, all attempts
+# together: a failing parse of a big text is slow (CPython parses it twice to explain).
+_PARSE_BUDGET = 300_000
 
 _PYTHON_TAGS = {"python", "py", "python3", "pycon", ""}
 _ARROW = re.compile(r"^\s*(?P<lhs>[A-Za-z_]\w*\s*\(.*\))\s*(?:==>|=>|==|➞|→|->|#\s*returns?)"
@@ -91,7 +95,7 @@ def find_checks(messages: Sequence[Message]) -> CheckSpec:
     for message in messages:
         if message.role != "user":
             continue
-        code, prose = _segments(message.content)
+        code, prose = _segments(message.content[:MAX_CHARS])
         for segment in code:
             tree = ast.parse(segment)
             names |= _defined(tree)
@@ -137,8 +141,15 @@ def _split_unfenced(text: str) -> tuple[list[str], list[str]]:
     if start is None:
         return [], [text]
     lines = text[start.start():].splitlines(keepends=True)
-    for end in range(len(lines), 0, -1):
+    # Code ends before a line that is not indented (or at the end): try those, longest first.
+    ends = [end for end in range(len(lines), 0, -1)
+            if end == len(lines) or not lines[end][:1].isspace()]
+    budget = _PARSE_BUDGET
+    for end in ends:
         chunk = "".join(lines[:end])
+        budget -= len(chunk)
+        if budget < 0:
+            break
         if parses(chunk):
             return [chunk], [text[:start.start()], "".join(lines[end:])]
     return [], [text]

@@ -51,7 +51,7 @@ _MIN_RUN_S = 0.5  # less fusion deadline left than this: the candidate is not ru
 
 @register("verified")
 async def verified(ctx: ModeContext) -> ModeOutcome:
-    spec = find_checks(ctx.messages)
+    spec = await asyncio.to_thread(find_checks, ctx.messages)  # CPU work: off the loop
     report = await _check_all(ctx, spec)
     by_index = {m.index: m for m in ctx.candidates}
     found = ", ".join(f"{n} {kind}" for kind, n in report.found.items()
