@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from modelfusion.code import defines, extract_code
+from modelfusion.code import defines, extract_code, fences, parses
 from modelfusion.sandbox import namespace_prefix, run_python
 
 
@@ -134,3 +134,11 @@ def test_extract_code_prefers_python_fences_and_handles_cut_off_answers() -> Non
     assert extract_code("def h():\n    return 2") == "def h():\n    return 2\n"
     assert extract_code("No code, just prose.") == ""
     assert defines(extract_code(answer), "f") and not defines(extract_code(answer), "g")
+
+
+def test_fences_and_parses_are_what_the_check_finder_builds_on() -> None:
+    text = "Intro\n```py\nx = 1\n```\nmid\n~~~\nnot python (\n~~~\n"
+    blocks = fences(text)
+    assert [(m.group(2), m.group(3)) for m in blocks] == [("py", "x = 1\n"),
+                                                         ("", "not python (\n")]
+    assert parses("x = 1\n") and not parses("not python (\n")

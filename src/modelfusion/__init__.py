@@ -14,6 +14,9 @@ from .errors import (
 )
 from .fusion import Fusion, FusionOptions, ProviderPool
 from .types import (
+    CandidateChecks,
+    CheckOutcome,
+    ChecksReport,
     Completion,
     FusionEvent,
     FusionResult,
@@ -27,6 +30,9 @@ from .types import (
 __all__ = [
     "AllMembersFailed",
     "BudgetExceeded",
+    "CandidateChecks",
+    "CheckOutcome",
+    "ChecksReport",
     "Completion",
     "Config",
     "ConfigError",

@@ -175,6 +175,9 @@ def _print_result(result: FusionResult, *, as_json: bool, show: bool,
         if not m.ok:
             err.print(f"[yellow]{m.model} {m.status}: {m.reason}[/yellow] [dim]{m.error}[/dim]",
                       highlight=False)
+    if result.checks is not None:  # verified mode: which checks each candidate passed
+        for line in result.checks.lines():
+            err.print(line, markup=False, highlight=False)  # model output: never markup
     ok = sum(m.ok for m in result.members)
     cost = f"${result.cost:.5f}" if result.cost is not None else "cost unknown"
     judge = result.judge

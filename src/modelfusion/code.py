@@ -10,7 +10,13 @@ _FENCE = re.compile(r"^[ \t]*(`{3,}|~{3,})[ \t]*([\w+.-]*)[^\n]*\n(.*?)^[ \t]*\1
 _PYTHON_TAGS = {"python", "py", "python3", ""}
 
 
-def _parses(code: str) -> bool:
+def fences(text: str) -> list[re.Match[str]]:
+    """Closed fenced blocks in `text`: group(2) is the info tag, group(3) the body."""
+    return list(_FENCE.finditer(text))
+
+
+def parses(code: str) -> bool:
+    """Whether `code` is a syntactically valid Python module."""
     try:
         ast.parse(code)
     except (SyntaxError, ValueError):
@@ -33,9 +39,9 @@ def extract_code(answer: str) -> str:
         if opened:
             blocks = [answer[opened.end():]]
     if blocks:
-        parsing = [b for b in blocks if _parses(b)]
+        parsing = [b for b in blocks if parses(b)]
         return max(parsing or blocks, key=len).strip("\n") + "\n"
-    return answer.strip("\n") + "\n" if _parses(answer) and answer.strip() else ""
+    return answer.strip("\n") + "\n" if parses(answer) and answer.strip() else ""
 
 
 def defines(code: str, name: str) -> bool:

@@ -318,7 +318,8 @@ class Fusion:
                                   reason=skip.replace("_", " "))
         else:
             outcome = await MODES[plan.mode](ctx)
-            judge.result.labels = {item.label: item.member.index for item in ctx.labeled()}
+            judge.result.labels = outcome.labels if outcome.labels is not None else {
+                item.label: item.member.index for item in ctx.labeled()}
         emit(FusionEvent("answer_delta", text=outcome.answer))
         total = time.monotonic() - started
         result = FusionResult(
@@ -331,6 +332,7 @@ class Fusion:
             rounds=outcome.rounds,
             reason=outcome.reason,
             chosen=outcome.chosen,
+            checks=outcome.checks,
             degraded=len(candidates) < len(results),
             timings=Timings(total_ms=total * 1000, panel_ms=(panel_done - started) * 1000,
                             judge_ms=judge.elapsed_ms),
@@ -356,8 +358,10 @@ def _ignore(event: FusionEvent) -> None:
 
 def _skip_reason(mode: str, candidates: list[Any]) -> str | None:
     """Why the judge can be skipped: nothing to choose between."""
-    if mode == "vote":
-        return None  # vote reports its split even when unanimous, without the judge
+    if mode in ("vote", "verified"):
+        # vote reports its split even when unanimous; verified runs the checks even for
+        # one candidate (the result says which it passed). Neither needs the judge then.
+        return None
     if len(candidates) == 1:
         return "single_candidate"
     if len({normalise(c.content or "") for c in candidates}) == 1:

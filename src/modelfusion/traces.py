@@ -50,6 +50,7 @@ from sqlalchemy import (
     insert,
     inspect,
     select,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection, make_url
@@ -59,6 +60,7 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 from .config import home_dir
 from .errors import FusionError, UsageError
 from .types import (
+    ChecksReport,
     FusionResult,
     JudgeResult,
     MemberResult,
@@ -112,6 +114,7 @@ traces = Table(
     Column("analysis", _Json),
     Column("votes", _Json),
     Column("rounds", _Json),
+    Column("checks", _Json),  # verified mode's per-candidate check results (schema v2)
     Column("timings", _Json),
     Column("prompt_tokens", Integer, nullable=False),
     Column("completion_tokens", Integer, nullable=False),
@@ -131,9 +134,17 @@ def _v1(conn: Connection) -> None:
     conn.execute(CreateIndex(_created_idx, if_not_exists=True))
 
 
+def _v2(conn: Connection) -> None:
+    """`checks`: which visible checks each candidate passed (verified mode). Its own column,
+    like `analysis` and `votes`: one JSON value per mode's account, NULL for other modes."""
+    if "checks" not in {c["name"] for c in inspect(conn).get_columns(traces.name)}:
+        kind = _Json.compile(dialect=conn.dialect)  # JSON on SQLite, JSONB on PostgreSQL
+        conn.execute(text(f"ALTER TABLE traces ADD COLUMN checks {kind}"))
+
+
 # Step N brings the schema from N-1 to N. Steps must be idempotent (SQLite replicas have no
 # lock to serialise them): add a column only after checking it is missing.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2}
 SCHEMA_VERSION = max(MIGRATIONS)
 
 # Any constant works; it only has to be the same for every modelfusion process.
@@ -320,6 +331,7 @@ class TraceRecord:
     usage: Usage
     timings: dict[str, float] = field(default_factory=dict)
     error_message: str | None = None
+    checks: ChecksReport | None = None  # verified mode
 
     @property
     def id(self) -> str:
@@ -341,6 +353,7 @@ class TraceRecord:
             "analysis": self.analysis,
             "votes": self.votes,
             "rounds": [[m.to_dict() for m in r] for r in self.rounds] if self.rounds else None,
+            "checks": self.checks.to_dict() if self.checks else None,
             "usage": self.usage.to_dict(),
             "timings": self.timings,
             "error": {"code": s.error_code, "message": self.error_message}
@@ -386,7 +399,7 @@ def _result_columns(r: FusionResult) -> dict[str, Any]:
         "mode": r.mode, "status": "ok", "answer": r.answer, "chosen": r.chosen,
         "reason": r.reason, "members": d["members"], "judge": d["judge"],
         "analysis": d["analysis"], "votes": d["votes"], "rounds": d["rounds"],
-        "timings": d["timings"], "prompt_tokens": r.usage.prompt_tokens,
+        "checks": d["checks"], "timings": d["timings"], "prompt_tokens": r.usage.prompt_tokens,
         "completion_tokens": r.usage.completion_tokens, "cost": r.cost,
         "total_ms": round(r.timings.total_ms, 2), "degraded": r.degraded,
         "members_ok": ok, "members_failed": len(r.members) - ok,
@@ -402,7 +415,7 @@ def _failure_columns(error: Exception | None, mode: str | None) -> dict[str, Any
     return {
         "mode": mode, "status": "failed", "answer": None, "chosen": None, "reason": None,
         "members": [m.to_dict() for m in members], "judge": None, "analysis": None,
-        "votes": None, "rounds": None, "timings": None,
+        "votes": None, "rounds": None, "checks": None, "timings": None,
         "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
         "cost": cost, "total_ms": None, "degraded": True,
         "members_ok": ok, "members_failed": len(members) - ok,
@@ -475,6 +488,7 @@ def _record(row: Any) -> TraceRecord:
         if row.rounds else None,
         usage=Usage(row.prompt_tokens, row.completion_tokens),
         timings=dict(row.timings or {}), error_message=row.error_message,
+        checks=ChecksReport.from_dict(row.checks) if row.checks else None,
     )
 
 
@@ -713,7 +727,7 @@ class TraceStore:
 
 # Columns `recent()` leaves out: they can be large and the log does not show them.
 _HEAVY = frozenset({"messages", "members", "judge", "analysis", "votes", "rounds", "answer",
-                    "reason", "timings", "error_message"})
+                    "reason", "timings", "error_message", "checks"})
 
 
 @atexit.register

@@ -154,6 +154,111 @@ class Timings:
 
 
 @dataclass(slots=True)
+class CheckOutcome:
+    """One visible check run against one candidate's code (verified mode)."""
+
+    check: str  # the expression or statement, as the request wrote it
+    expected: str | None  # the expected output or value as written; None: an assert
+    ok: bool
+    actual: str | None = None  # repr of what the code produced, or the exception (truncated)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"check": self.check, "expected": self.expected, "ok": self.ok,
+                "actual": self.actual}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> CheckOutcome:
+        return cls(check=str(d.get("check", "")), expected=d.get("expected"),
+                   ok=bool(d.get("ok")), actual=d.get("actual"))
+
+
+@dataclass(slots=True)
+class CandidateChecks:
+    """How one candidate did against the request's visible checks."""
+
+    member: int  # member index
+    model: str
+    passed: int
+    total: int
+    # How many other candidates produced exactly the same outputs on the checks' inputs;
+    # None when this one cannot be compared (no code, crashed, timed out, not run).
+    agreement: int | None
+    status: str  # ran | no_code | timeout | crashed | not_run
+    error: str | None = None
+    isolated: bool = False  # the sandbox had its own network and PID namespaces
+    results: list[CheckOutcome] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"member": self.member, "model": self.model, "passed": self.passed,
+                "total": self.total, "agreement": self.agreement, "status": self.status,
+                "error": self.error, "isolated": self.isolated,
+                "results": [r.to_dict() for r in self.results]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> CandidateChecks:
+        return cls(member=int(d.get("member", 0)), model=str(d.get("model", "")),
+                   passed=int(d.get("passed", 0)), total=int(d.get("total", 0)),
+                   agreement=d.get("agreement"), status=str(d.get("status", "")),
+                   error=d.get("error"), isolated=bool(d.get("isolated")),
+                   results=[CheckOutcome.from_dict(r) for r in d.get("results") or []])
+
+    def line(self) -> str:
+        """One line for a terminal: `model: 2/3 checks passed · failed f(1): ...`."""
+        parts = [f"{self.model}: {self.passed}/{self.total} checks passed" if self.total
+                 else f"{self.model}: no visible checks"]
+        if self.agreement:
+            parts.append(f"same outputs as {self.agreement} other"
+                         + ("s" if self.agreement > 1 else ""))
+        failed = [r for r in self.results if not r.ok]
+        if failed and self.status in ("ran", "timeout") and failed[0].actual is not None:
+            r = failed[0]
+            want = f" expected {r.expected}," if r.expected else ""
+            parts.append(f"failed {_one_line(r.check)}:{want} got {_one_line(r.actual or '')}")
+        if self.error:
+            parts.append(_one_line(self.error))
+        if self.status == "ran" and not self.isolated:
+            parts.append("sandbox without namespaces")
+        return " · ".join(parts)
+
+
+@dataclass(slots=True)
+class ChecksReport:
+    """Verified mode's account: the checks found, each candidate's results, the rule used."""
+
+    total: int  # visible checks found in the request
+    found: dict[str, int]  # per kind: doctest, assert, example; probe (inputs, not counted)
+    rule: str  # one_passed | several_passed | none_passed | no_checks
+    passing: list[int]  # member indexes that passed every check
+    candidates: list[CandidateChecks]
+    # Wall time spent running the checks (inside `timings.overhead_ms`: not panel, not judge).
+    duration_ms: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"total": self.total, "found": self.found, "rule": self.rule,
+                "passing": self.passing, "candidates": [c.to_dict() for c in self.candidates],
+                "duration_ms": round(self.duration_ms, 1)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ChecksReport:
+        return cls(total=int(d.get("total", 0)), found=dict(d.get("found") or {}),
+                   rule=str(d.get("rule", "")), passing=list(d.get("passing") or []),
+                   candidates=[CandidateChecks.from_dict(c) for c in d.get("candidates") or []],
+                   duration_ms=float(d.get("duration_ms") or 0.0))
+
+    def lines(self) -> list[str]:
+        """What a terminal shows: one line per candidate, or that there was nothing to run."""
+        if not self.total and all(c.agreement is None for c in self.candidates):
+            return ["checks: none found in the request (no doctest examples, asserts or "
+                    "f(x) == y lines)"]
+        return [f"checks {c.line()}" for c in self.candidates]
+
+
+def _one_line(text: str, limit: int = 80) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@dataclass(slots=True)
 class FusionResult:
     """Everything that happened in one fusion. `to_dict()` is the `fusion ask --json` contract."""
 
@@ -168,6 +273,7 @@ class FusionResult:
     chosen: str | None = None  # the member spec whose answer was chosen verbatim (best-of)
     degraded: bool = False  # some member failed or was cancelled
     timings: Timings = field(default_factory=Timings)
+    checks: ChecksReport | None = None  # verified mode: which checks each candidate passed
 
     @property
     def usage(self) -> Usage:
@@ -204,6 +310,7 @@ class FusionResult:
             "analysis": self.analysis,
             "votes": self.votes,
             "rounds": [[m.to_dict() for m in r] for r in self.rounds] if self.rounds else None,
+            "checks": self.checks.to_dict() if self.checks else None,
             "usage": self.usage.to_dict(),
             "cost": self.cost,
             "timings": self.timings.to_dict(),

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..judge import JUDGE_RULES, Judge, Labeled, anonymise, fence, render_request
 from ..panel import Emit, Member, Panel
-from ..types import FusionEvent, MemberResult, Message
+from ..types import ChecksReport, FusionEvent, MemberResult, Message
 
 
 @dataclass(slots=True, kw_only=True)
@@ -53,6 +53,9 @@ class ModeOutcome:
     rounds: list[list[MemberResult]] | None = None
     chosen: str | None = None
     reason: str | None = None
+    checks: ChecksReport | None = None  # verified mode
+    # Which label the judge saw for which member; None: every candidate, as ctx.labeled().
+    labels: dict[str, int] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 

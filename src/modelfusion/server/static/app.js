@@ -189,10 +189,33 @@ function renderVerdict(result) {
         el("td", {}, `${s.count} (${Math.round(s.share * 100)} %)`),
         el("td", { class: "muted" }, (s.members || []).join(", "))))));
   }
-  if (result.chosen) {
-    return el("p", {}, `Chosen: ${result.chosen}${result.reason ? ` — ${result.reason}` : ""}`);
-  }
+  const chosen = result.chosen
+    ? el("p", {}, `Chosen: ${result.chosen}${result.reason ? ` — ${result.reason}` : ""}`)
+    : null;
+  if (result.checks) return el("div", { class: "verified" }, chosen, renderChecks(result.checks));
+  if (chosen) return chosen;
   return el("p", { class: "muted" }, "No analysis for this fusion.");
+}
+
+// verified mode: which visible checks each candidate's code passed, as text only.
+function renderChecks(checks) {
+  if (!checks.total) {
+    return el("p", { class: "muted" }, "No visible checks found in the request: nothing to run.");
+  }
+  const rows = checks.candidates.map((c) => el("tr", { "data-member": c.member },
+    el("td", {}, c.model),
+    el("td", { class: c.passed === c.total ? "pass" : "fail" }, `${c.passed}/${c.total}`),
+    el("td", { class: "num" }, c.agreement === null ? "–" : String(c.agreement)),
+    el("td", {},
+      c.error ? el("div", { class: "muted" }, c.error) : null,
+      el("ul", { class: "check-list" }, ...c.results.map((r) => el("li",
+        { class: r.ok ? "pass" : "fail" },
+        `${r.ok ? "✓" : "✗"} ${r.check}${r.ok ? "" : ` — expected ${r.expected ?? "true"}, `
+          + `got ${r.actual ?? "(not run)"}`}`))))));
+  return el("table", { class: "checks" },
+    el("thead", {}, el("tr", {}, el("th", {}, "member"), el("th", {}, "passed"),
+      el("th", { class: "num" }, "same outputs as"), el("th", {}, "checks"))),
+    el("tbody", {}, ...rows));
 }
 
 // CSSOM, not a style attribute: the page's CSP forbids inline styles.

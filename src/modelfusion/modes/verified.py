@@ -1,0 +1,276 @@
+"""verified: run the candidates' code against the checks visible in the request; candidates
+that pass win, and the judge only breaks ties.
+
+The decision rule (docs/verified.md):
+
+1. The visible checks come from the request's user messages only (`checks.find_checks`):
+   doctest examples, `assert` statements, `f(x) == y` example lines. Nothing else is read —
+   for HumanEval that means the docstring's examples, never the hidden tests.
+2. Every candidate's code (`code.extract_code`) runs against them in the sandbox, two at a
+   time per process (all fusions together), at most 10 s each. An answer with no code
+   fails every check; so does code that crashes or hangs.
+3. Behaviour agreement (CodeT / MBR-exec style): for each candidate, how many others
+   produced exactly the same outputs on the checks' inputs.
+4. - exactly one candidate passes every check: it is the answer; the judge is skipped;
+   - several pass: the judge picks among those only (best-of's judging), told that they all
+     passed; if the judge fails, the passer with the highest agreement wins (ties: the
+     first-listed member);
+   - none pass: the judge picks among all, told how many checks each passed and which it
+     failed with the expected value (never the actual outputs: the candidate's code wrote
+     those, so they stay out of the judge's instructions); if the judge fails: the most
+     checks passed, then the highest agreement, then the first-listed member;
+   - no checks found: the reason says so. If the request still calls its function on
+     example inputs (probes, see `checks`), candidates are ranked by behaviour agreement and
+     the judge picks among the most-agreeing ones (the largest group that behaves alike;
+     all candidates when no two agree); if it fails, the most-agreeing, first-listed one.
+     With no example inputs at all, the judge picks among all; if it fails,
+     `consensus_pick`.
+   A judge pool of one candidate, or of identical answers, skips the judge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+
+from ..checks import Check, CheckSpec, find_checks
+from ..code import defines, extract_code
+from ..harness import CheckRun, run_checks
+from ..judge import Labeled, consensus_pick
+from ..types import CandidateChecks, CheckOutcome, ChecksReport, MemberResult
+from .base import ModeContext, ModeOutcome, register
+from .best_of import pick_best
+from .vote import normalise
+
+CONCURRENCY = 2  # sandboxes at once in this process, all fusions together
+TIMEOUT_S = 10.0  # per candidate: every check, plus loading its code
+MEMORY_MB = 512
+_MIN_RUN_S = 0.5  # less fusion deadline left than this: the candidate is not run
+
+
+@register("verified")
+async def verified(ctx: ModeContext) -> ModeOutcome:
+    spec = await asyncio.to_thread(find_checks, ctx.messages)  # CPU work: off the loop
+    report = await _check_all(ctx, spec)
+    by_index = {m.index: m for m in ctx.candidates}
+    found = ", ".join(f"{n} {kind}" for kind, n in report.found.items()
+                      if n and kind != "probe")
+    if report.rule == "one_passed":
+        winner = by_index[report.passing[0]]
+        ctx.judge.result.reason = "one_candidate_passed_checks"
+        reason = f"the only candidate passing all {spec.total} visible checks ({found})"
+        return ModeOutcome(answer=winner.content or "", chosen=winner.model, reason=reason,
+                           checks=report, labels={})
+    if report.rule == "several_passed":
+        pool = [by_index[i] for i in report.passing]
+        head = f"{len(pool)} candidates passed all {spec.total} visible checks ({found})"
+        evidence = (f"We ran every candidate's code against the {spec.total} checks visible "
+                    "in the user's request: each candidate below passed all of them. Choose "
+                    "on what those checks do not cover: other inputs, edge cases, clarity.")
+    elif report.rule == "none_passed":
+        pool = list(ctx.candidates)
+        best = max(c.passed for c in report.candidates)
+        head = f"no candidate passed all {spec.total} visible checks (best {best}/{spec.total})"
+        evidence = None  # written per label below, once the pool is labelled
+    else:
+        pool, head = _by_agreement(ctx.candidates, report, spec)
+        evidence = ""
+    return await _judge(ctx, pool, report, spec, head, evidence)
+
+
+async def _judge(ctx: ModeContext, pool: list[MemberResult], report: ChecksReport,
+                 spec: CheckSpec, head: str, evidence: str | None) -> ModeOutcome:
+    ranked = _fallback_order(pool, report)
+    skip = _skip(pool)
+    if skip:
+        ctx.judge.result.reason = skip
+        winner = ranked[0]
+        return ModeOutcome(answer=winner.content or "", chosen=winner.model,
+                           reason=f"{head}; judge skipped ({skip.replace('_', ' ')})",
+                           checks=report, labels={})
+    labeled = ctx.labeled(pool)
+    if evidence is None:
+        evidence = _failures(labeled, report, spec)
+    picked = await pick_best(ctx, labeled, evidence=evidence)
+    if picked is None:
+        by_text = report.rule == "no_checks" and not spec.probes
+        winner = consensus_pick(pool) if by_text else ranked[0]
+        why = ("the candidate whose text agrees most with the others" if by_text
+               else "by checks passed, then behaviour agreement, then member order")
+        reason = f"{head}; judge failed, chose {why}"
+    else:
+        winner, judge_reason = picked
+        reason = f"{head}; judge: {judge_reason}"
+    return ModeOutcome(answer=winner.content or "", chosen=winner.model, reason=reason,
+                       checks=report,
+                       labels={item.label: item.member.index for item in labeled})
+
+
+def _by_agreement(candidates: list[MemberResult], report: ChecksReport, spec: CheckSpec
+                  ) -> tuple[list[MemberResult], str]:
+    """No checks: the judge's pool is the largest group of candidates that behave alike."""
+    head = "no visible checks found in the request (doctest examples, asserts, `f(x) == y` lines)"
+    if not spec.probes:
+        return list(candidates), f"{head}: nothing to run"
+    agreement = {c.member: c.agreement or 0 for c in report.candidates}
+    top = max(agreement.values())
+    if top == 0:
+        return list(candidates), (f"{head}; no two candidates behave alike on the "
+                                  f"{spec.probes} example inputs")
+    pool = [m for m in candidates if agreement[m.index] == top]
+    return pool, (f"{head}; ranked by behaviour on {spec.probes} example inputs: the judge "
+                  f"saw the {len(pool)} candidates whose outputs agree with the most others")
+
+
+def _skip(pool: list[MemberResult]) -> str | None:
+    if len(pool) == 1:
+        return "single_candidate"
+    if len({normalise(m.content or "") for m in pool}) == 1:
+        return "identical_candidates"
+    return None
+
+
+def _fallback_order(pool: list[MemberResult], report: ChecksReport) -> list[MemberResult]:
+    """Most checks passed, then highest behaviour agreement, then the first-listed."""
+    stats = {c.member: c for c in report.candidates}
+    return sorted(pool, key=lambda m: (-stats[m.index].passed,
+                                       -(stats[m.index].agreement or 0), m.index))
+
+
+def _failures(labeled: list[Labeled], report: ChecksReport, spec: CheckSpec) -> str:
+    """What we measured, per label: our text and the request's checks, never a candidate's."""
+    stats = {c.member: c for c in report.candidates}
+    lines = [f"We ran every candidate's code against the {spec.total} checks visible in the "
+             "user's request; no candidate passed all of them. Measured results (ours, not "
+             "claims made by the candidates):"]
+    for item in labeled:
+        c = stats[item.member.index]
+        failed = [r for r in c.results if not r.ok]
+        line = f"- {item.label}: passed {c.passed} of {c.total}"
+        if c.status != "ran":
+            line += f" ({_STATUS_NOTE.get(c.status, c.status)})"
+        if failed and c.status in ("ran", "timeout"):
+            shown = "; ".join(_clip(r.check) + (f" should give {_clip(r.expected)}"
+                                                if r.expected else "") for r in failed[:3])
+            line += f"; failed: {shown}" + (" …" if len(failed) > 3 else "")
+        lines.append(line)
+    lines.append("Prefer code that passes more checks unless you can see that it is wrong.")
+    return "\n".join(lines)
+
+
+_STATUS_NOTE = {"no_code": "no Python code in the answer", "timeout": "its code timed out",
+                "crashed": "its code crashed the check program",
+                "not_run": "not run: no time left"}
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    text = " ".join(text.split())
+    return f"`{text}`" if len(text) <= limit else f"`{text[:limit]}…`"
+
+
+# ---------------------------------------------------------------- running the checks
+
+
+_gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = \
+    weakref.WeakKeyDictionary()
+
+
+def _gate() -> asyncio.Semaphore:
+    """One limit per event loop, shared by every fusion on it (a server runs many): each
+    sandbox is a whole Python process, and the machine has only so many cores."""
+    loop = asyncio.get_running_loop()
+    if loop not in _gates:
+        _gates[loop] = asyncio.Semaphore(CONCURRENCY)
+    return _gates[loop]
+
+
+async def _check_all(ctx: ModeContext, spec: CheckSpec) -> ChecksReport:
+    started = time.monotonic()
+    gate = _gate()
+    codes = {m.index: extract_code(m.content or "") for m in ctx.candidates}
+
+    async def one(member: MemberResult) -> CheckRun | None:
+        code = codes[member.index]
+        if not code or not spec.checks:
+            return None
+        async with gate:
+            timeout = min(TIMEOUT_S, ctx.deadline_at - time.monotonic())
+            if timeout < _MIN_RUN_S:
+                return None
+            return await run_checks(spec, code, timeout=timeout, memory_mb=MEMORY_MB)
+
+    runs = await asyncio.gather(*(one(m) for m in ctx.candidates))
+    candidates = [_candidate(m, spec, codes[m.index], run)
+                  for m, run in zip(ctx.candidates, runs, strict=True)]
+    # Code that did not load cleanly (a SyntaxError, a crash at import) is comparable to
+    # nothing: two broken answers failing alike do not "agree".
+    signatures = {c.member: _signature(spec, run)
+                  if c.status == "ran" and run is not None and run.load_error is None else None
+                  for c, run in zip(candidates, runs, strict=True)}
+    for c in candidates:
+        mine = signatures[c.member]
+        c.agreement = None if mine is None else sum(
+            1 for i, s in signatures.items() if i != c.member and s == mine)
+    total = spec.total
+    passing = [c.member for c in candidates if total and c.passed == total]
+    rule = ("no_checks" if not total else "one_passed" if len(passing) == 1
+            else "several_passed" if passing else "none_passed")
+    return ChecksReport(total=total, found=spec.counts(), rule=rule, passing=passing,
+                        candidates=candidates,
+                        duration_ms=(time.monotonic() - started) * 1000)
+
+
+def _candidate(member: MemberResult, spec: CheckSpec, code: str,
+               run: CheckRun | None) -> CandidateChecks:
+    counted = [(i, c) for i, c in enumerate(spec.checks) if c.counted]
+    results = []
+    for i, check in counted:
+        line = run.results.get(i) if run else None
+        results.append(CheckOutcome(check=check.source, expected=_expected(check),
+                                    ok=bool(line and line.get("ok")),
+                                    actual=str(line["actual"]) if line else None))
+    status, error = _status(spec, code, run)
+    if code and spec.entries and not any(defines(code, name) for name in spec.entries):
+        missing = f"the code defines none of: {', '.join(spec.entries)}"
+        error = f"{error}; {missing}" if error else missing
+    return CandidateChecks(member=member.index, model=member.model,
+                           passed=sum(r.ok for r in results), total=len(results),
+                           agreement=None, status=status, error=error,
+                           isolated=bool(run and run.sandbox.isolated), results=results)
+
+
+def _status(spec: CheckSpec, code: str, run: CheckRun | None) -> tuple[str, str | None]:
+    if not code:
+        return "no_code", "no Python code in the answer"
+    if not spec.checks:
+        return "not_run", "no visible checks or example inputs to run"
+    if run is None:
+        return "not_run", "not run: the fusion's deadline left no time"
+    if run.sandbox.timed_out:
+        return "timeout", f"timed out after {run.sandbox.duration_ms / 1000:.1f} s"
+    if not run.loaded or not run.done:
+        tail = run.sandbox.stderr.strip().splitlines()[-1:] or [f"exit {run.sandbox.exit_code}"]
+        return "crashed", f"the check program stopped: {tail[0][:200]}"
+    return "ran", run.load_error
+
+
+def _expected(check: Check) -> str | None:
+    if check.exception is not None:
+        return check.exception
+    return check.expected.strip() if check.expected is not None else None
+
+
+def _signature(spec: CheckSpec, run: CheckRun | None) -> tuple[str, ...] | None:
+    """What the code produced on every check's input; None if any is missing."""
+    if run is None:
+        return None
+    sigs = []
+    for i, check in enumerate(spec.checks):
+        if check.kind == "setup":
+            continue
+        line = run.results.get(i)
+        if line is None:
+            return None
+        sigs.append(str(line.get("sig")))
+    return tuple(sigs)
