@@ -15,8 +15,7 @@ EXTRA_HINT = "pip install 'modelfusion[eval]'"
 PROMPT_TEMPLATE = (
     "Complete the following Python function. Reply with the complete function (its "
     "signature, the imports it needs and any helper functions it uses) in a single "
-    "```python code block; leave out the docstring (it costs tokens and adds nothing), "
-    "tests and example usage.\n\n```python\n{prompt}```"
+    "```python code block, with no tests or example usage.\n\n```python\n{prompt}```"
 )
 
 
