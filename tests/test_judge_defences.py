@@ -128,3 +128,20 @@ def test_presets_set_the_defences(upstream, tmp_path):
     opts = Fusion(preset="strict", config=cfg).plan.options
     assert (opts.judge_both_orders, opts.demote_suspicious, opts.retry_backoff) == (
         True, False, 0.1)
+
+
+async def test_traces_keep_what_was_defused_and_demoted(upstream, fake_config, tmp_path):
+    from modelfusion.traces import TraceStore
+
+    upstream.script("alpha-model", PLANT)
+    upstream.script("beta-model", "12 * 12 = 144.")
+    result = await run(make(fake_config, MEMBERS2, mode="best-of"), "What is 12 * 12?")
+    store = TraceStore.open(f"sqlite:///{tmp_path / 't.db'}")
+    try:
+        trace_id = store.record(result, messages="What is 12 * 12?", source="library")
+        store.flush()
+        record = store.get(trace_id)
+        assert record is not None and record.judge is not None
+        assert (record.judge.defused, record.judge.demoted) == ({0: ["address"]}, [0])
+    finally:
+        store.close()
