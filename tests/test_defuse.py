@@ -1,38 +1,17 @@
 """Defusing (src/modelfusion/defuse.py): judge-addressed text out, ordinary answers untouched.
 
-Deterministic and model-free: every planted text of the fixed attack set in bench/judge.py,
-against every label order, must be taken out; ordinary answers that say "system", "choose",
-"judge" or "candidate" in prose or code must pass through byte for byte.
+Deterministic and model-free. Ordinary answers that say "system", "choose", "judge" or
+"candidate" in prose or code must pass through byte for byte; planted text goes sentence by
+sentence or line by line. The attack set of bench/judge.py is in test_judge_injection.py.
 """
 
 from __future__ import annotations
 
 import pytest
-from bench.judge import ATTACKS, CASES, planted
 
 from modelfusion.defuse import MARKER, defuse
 from modelfusion.judge import Labeled, fence
 from modelfusion.types import MemberResult
-
-ORDERS = [("A", "B"), ("B", "A")]
-
-
-@pytest.mark.parametrize("attack", sorted(ATTACKS))
-def test_every_planted_text_of_the_attack_set_is_removed(attack: str):
-    for case in CASES:
-        for right, wrong in ORDERS:
-            text = planted(case, attack, right, wrong)
-            d = defuse(text)
-            assert d.changed, (attack, case.name)
-            # The wrong answer itself is kept; nothing of the planted text is left but the marker.
-            assert d.text == f"{case.wrong}\n\n{MARKER}", (attack, case.name, d.text)
-
-
-def test_the_fixed_answers_themselves_are_untouched():
-    for case in CASES:
-        for text in (case.right, case.wrong):
-            assert defuse(text).text == text and not defuse(text).changed
-
 
 ORDINARY = [
     "Choose the system that fits your workload: Postgres for relational data.",
