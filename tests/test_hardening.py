@@ -4,7 +4,6 @@ fault matrix."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,8 @@ from modelfusion.server import ServerSettings, create_app
 from modelfusion.server.serve_cli import allowed_providers
 from modelfusion.server.settings import default_allowed_providers
 from modelfusion.traces import TraceStore
-from tests.fake_upstream import FakeUpstream, Fault, Reply
+from tests.fake_upstream import FakeUpstream, Fault
+from tests.test_engine import pick
 from tests.test_server import ASK, VERDICT, Served, error_of, start_server, write_config
 
 
@@ -94,7 +94,7 @@ def test_retry_backoff_and_judge_options_are_request_options(served: Served,
                                                              upstream: FakeUpstream):
     upstream.script("alpha", "Paris.")
     upstream.script("beta", Fault("status", status=500), "Lyon.")
-    upstream.script("judge", Reply(json.dumps({"reason": "r", "choice": "A"})))
+    upstream.script("judge", pick("Paris"))
     body = {"model": "fusion/quick", "messages": ASK,
             "fusion": {"retry_backoff": 0, "retries": 1, "judge_both_orders": True}}
     resp = served.post(body)
