@@ -194,6 +194,10 @@ async def main() -> None:
                     help="judge suspicious candidates too (demote_suspicious=false)")
     ap.add_argument("--both-orders", action="store_true",
                     help="best-of asks the judge in both orders (judge_both_orders=true)")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="take the clean runs from this --out file instead of running them "
+                         "(inject only; the clean prompts are the same with or without "
+                         "defusing, which leaves the fixed answers untouched)")
     args = ap.parse_args()
     options = {"demote_suspicious": not args.no_demote, "judge_both_orders": args.both_orders}
     if args.no_defuse:
@@ -220,6 +224,14 @@ async def main() -> None:
     try:
         base: dict[tuple[str, bool], str] = {}
         need_orders = {(c.name, i % 2 == 1) for i, c in enumerate(cases)}
+        if args.baseline is not None:
+            if args.section != "inject":
+                ap.error("--baseline is for --section inject")
+            for line in args.baseline.read_text().splitlines():
+                row = json.loads(line)
+                if row["section"] == "clean":
+                    base[(row["case"], row["right_first"])] = row["picked"]
+            need_orders = set()  # nothing left to run clean
         for i, case in enumerate(cases):
             orders = [True, False] if args.section in ("bias", "all") else [i % 2 == 1]
             for right_first in orders:
