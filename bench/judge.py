@@ -184,6 +184,7 @@ async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--section", choices=["bias", "inject", "all"], default="all")
     ap.add_argument("--questions", type=int, default=len(CASES))
+    ap.add_argument("--only", default=None, help="comma-separated question names (bias)")
     ap.add_argument("--attacks", default=",".join(ATTACKS))
     ap.add_argument("--all-cases", action="store_true",
                     help="also attack cases the clean judge already gets wrong (not counted)")
@@ -199,7 +200,10 @@ async def main() -> None:
                          "(inject only; the clean prompts are the same with or without "
                          "defusing, which leaves the fixed answers untouched)")
     args = ap.parse_args()
-    options = {"demote_suspicious": not args.no_demote, "judge_both_orders": args.both_orders}
+    # Generous limits: this measures the judge's choices, and a busy machine can take
+    # minutes per call; a timeout would show up as a fallback pick, not a judgement.
+    options = {"demote_suspicious": not args.no_demote, "judge_both_orders": args.both_orders,
+               "timeout": 900, "deadline": 3600}
     if args.no_defuse:
         from modelfusion import judge as judge_module
         from modelfusion.defuse import Defused
@@ -212,6 +216,8 @@ async def main() -> None:
     local_models.pull(JUDGE_MODEL)
     up, cfg = _start()
     cases = CASES[: args.questions]
+    if args.only:
+        cases = [c for c in cases if c.name in args.only.split(",")]
     rows: list[dict[str, Any]] = []
 
     def record(row: dict[str, Any]) -> None:
