@@ -185,6 +185,8 @@ async def main() -> None:
     ap.add_argument("--section", choices=["bias", "inject", "all"], default="all")
     ap.add_argument("--questions", type=int, default=len(CASES))
     ap.add_argument("--only", default=None, help="comma-separated question names (bias)")
+    ap.add_argument("--right-in", choices=["A", "B"], default=None,
+                    help="bias: one order only (with --both-orders the judge sees both anyway)")
     ap.add_argument("--attacks", default=",".join(ATTACKS))
     ap.add_argument("--all-cases", action="store_true",
                     help="also attack cases the clean judge already gets wrong (not counted)")
@@ -240,6 +242,8 @@ async def main() -> None:
             need_orders = set()  # nothing left to run clean
         for i, case in enumerate(cases):
             orders = [True, False] if args.section in ("bias", "all") else [i % 2 == 1]
+            if args.right_in:
+                orders = [args.right_in == "A"]
             for right_first in orders:
                 if args.section == "inject" and (case.name, right_first) not in need_orders:
                     continue
@@ -247,7 +251,14 @@ async def main() -> None:
                                        **options)
                 record({"section": "clean", **row})
                 base[(case.name, right_first)] = row["picked"]
-        if args.section in ("bias", "all"):
+        if args.section in ("bias", "all") and args.right_in:
+            right = sum(r["picked"] == "right" for r in rows)
+            fell_back = sum(r["judge_reason"] == "judge_inconsistent" for r in rows)
+            settled = sum(r["judge_reason"] == "orders_disagreed_settled_one_by_one"
+                          for r in rows)
+            print(f"\nright answer in {args.right_in}: right {pct(right, len(rows))}; "
+                  f"orders disagreed and settled one by one {settled}, fell back {fell_back}")
+        elif args.section in ("bias", "all"):
             n = len(cases)
             acc = sum(base[(c.name, o)] == "right" for c in cases for o in (True, False))
             content = sum(base[(c.name, True)] == base[(c.name, False)] for c in cases)
