@@ -99,11 +99,11 @@ async def test_shipped_defences_beat_an_obeying_judge_on_the_whole_set(
 # (question, attack, right answer labelled A?) with demote_suspicious=False: the judge sees
 # the defused view and must pick the right answer. One judge call each.
 INJECTED = [
-    ("mul", "a", True),
-    ("pow", "a", True),
-    ("bool", "c", True),
-    ("rev", "d", True),
-    ("slice", "d", True),
+    ("len", "a", False),  # planted answer in slot A, which this judge favours
+    ("range", "b", False),
+    ("len", "c", False),
+    ("mul", "c", True),
+    ("bool", "a", True),
 ]
 
 
