@@ -262,10 +262,8 @@ async def main() -> None:
         if args.section in ("bias", "all") and args.right_in:
             right = sum(r["picked"] == "right" for r in rows)
             fell_back = sum(r["judge_reason"] == "judge_inconsistent" for r in rows)
-            settled = sum(r["judge_reason"] == "orders_disagreed_settled_one_by_one"
-                          for r in rows)
             print(f"\nright answer in {args.right_in}: right {pct(right, len(rows))}; "
-                  f"orders disagreed and settled one by one {settled}, fell back {fell_back}")
+                  f"the orders disagreed (judge_inconsistent) {fell_back}")
         elif args.section in ("bias", "all"):
             n = len(cases)
             acc = sum(base[(c.name, o)] == "right" for c in cases for o in (True, False))

@@ -100,43 +100,13 @@ async def test_both_orders_agreeing_pick_is_accepted(upstream, fake_config):
     assert (result.answer, result.judge.status) == ("It is 144.", "ok")
 
 
-def biased(correct_if: str | None):
-    """Picks slot A when choosing; judged alone, a candidate is correct if it contains
-    `correct_if` (None: every candidate is)."""
-
-    def step(req: RecordedRequest) -> Reply:
-        text = judge_text(req)
-        if '"correct"' in text.rsplit("</candidate", 1)[-1]:
-            body = text.split('label="A">')[1].split("</candidate")[0]
-            ok = correct_if is None or correct_if in body
-            return Reply(json.dumps({"reason": "checked", "correct": ok}))
-        return Reply(json.dumps({"reason": "first", "choice": "A"}))
-
-    return step
-
-
-async def test_both_orders_disagreeing_is_settled_one_candidate_at_a_time(upstream,
-                                                                         fake_config):
+async def test_both_orders_disagreeing_falls_back(upstream, fake_config):
     upstream.script("alpha-model", "It is 124.")
     upstream.script("beta-model", "It is 144.")
-    upstream.script("judge", biased("144"))
+    upstream.script("judge", slot("A"))
     result = await run(make(fake_config, MEMBERS2, mode="best-of", judge_both_orders=True),
                        "What is 12 * 12?")
-    calls = judge_requests(upstream)
-    assert len(calls) == 4  # two orders, then each candidate alone
-    alone = [judge_text(r) for r in calls[2:]]
-    assert all('label="A">' in t and 'label="B">' not in t for t in alone)
-    assert (result.answer, result.judge.status) == ("It is 144.", "ok")
-    assert result.judge.reason == "orders_disagreed_settled_one_by_one"
-
-
-async def test_both_orders_unsettled_falls_back(upstream, fake_config):
-    upstream.script("alpha-model", "It is 124.")
-    upstream.script("beta-model", "It is 144.")
-    upstream.script("judge", biased(None))  # both "correct" alone: nothing settled
-    result = await run(make(fake_config, MEMBERS2, mode="best-of", judge_both_orders=True),
-                       "What is 12 * 12?")
-    assert upstream.calls("judge") == 4
+    assert upstream.calls("judge") == 2
     assert (result.judge.status, result.judge.reason) == ("fallback", "judge_inconsistent")
     assert result.chosen == "fake:alpha-model"  # consensus_pick of two: the first listed
     assert "changed with the order" in (result.reason or "")
