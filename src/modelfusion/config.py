@@ -49,6 +49,9 @@ class ProviderConfig:
     headers: dict[str, str] = field(default_factory=dict)
     extra_body: dict[str, Any] = field(default_factory=dict)
     remote: bool = True
+    # A longer answer is refused as bad_response: it would be fed to the judge (and in
+    # debate to every member), streamed and stored. ~125k tokens of text.
+    max_response_chars: int = 500_000
 
     def api_key(self) -> str | None:
         return os.environ.get(self.api_key_env) if self.api_key_env else None
@@ -114,7 +117,7 @@ class Preset:
 OPTION_NAMES = {
     "quorum", "rounds", "temperature", "max_tokens", "timeout", "deadline", "retries",
     "system", "seed", "judge_temperature", "fallback_judge", "max_cost", "max_total_tokens",
-    "judge_max_tokens",
+    "judge_max_tokens", "retry_backoff", "demote_suspicious", "judge_both_orders",
 }
 
 # The embedded default: chosen when neither the caller nor the config names models.
@@ -164,6 +167,7 @@ class Config:
     default_preset: str | None = None
     source: Path | None = None
     offline: bool = False
+    declared_providers: frozenset[str] = frozenset()  # named under [providers] in the file
 
     def provider(self, name: str) -> ProviderConfig:
         try:
@@ -251,7 +255,8 @@ def _from_raw(raw: dict[str, Any], file: Path | None, offline: bool) -> Config:
         if not isinstance(body, dict):
             raise ConfigError(f"{file}: [providers.{name}] must be a table")
         unknown = set(body) - {"base_url", "api_key_env", "kind", "max_parallel", "headers",
-                               "extra_body", "key_required", "remote", "api_key"}
+                               "extra_body", "key_required", "remote", "api_key",
+                               "max_response_chars"}
         if "api_key" in body:
             raise ConfigError(
                 f"{file}: [providers.{name}] has api_key; keys never go in files. "
@@ -288,7 +293,8 @@ def _from_raw(raw: dict[str, Any], file: Path | None, offline: bool) -> Config:
         for spec, p in _table(raw, "prices", file).items()
     }
     default = raw.get("default_preset")
-    cfg = Config(providers, presets, prices, default, file, offline)
+    cfg = Config(providers, presets, prices, default, file, offline,
+                 frozenset(_table(raw, "providers", file)))
     if default:
         cfg.preset(default)  # fail now, naming the file, not at the first request
     return cfg

@@ -21,7 +21,7 @@ from typing import Any
 from .budget import Budget, estimate_tokens
 from .config import OPTION_NAMES, Config, load_config, parse_spec
 from .errors import AllMembersFailed, UsageError
-from .judge import Judge, JudgeSeat
+from .judge import Judge, JudgeSeat, defusals
 from .modes import MODES, ModeContext, ModeOutcome
 from .modes.vote import normalise
 from .panel import Member, Panel, PanelOptions
@@ -38,6 +38,9 @@ from .types import (
 DEPTH_HEADER = "X-Fusion-Depth"
 SELF_FUSION_TEMPERATURE = 0.7
 MAX_SECONDS = 24 * 3600.0  # a fusion that runs longer than a day is a mistake
+# Share of the deadline kept for the judge: with deadline < timeout a hanging member would
+# otherwise use it all, and the judge would always time out.
+JUDGE_RESERVE = 0.2
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -53,12 +56,14 @@ class FusionOptions:
     timeout: float = 120.0  # per member, seconds
     deadline: float = 300.0  # whole fusion, seconds
     retries: int = 2
-    retry_backoff: float = 0.5
+    retry_backoff: float = 0.5  # first backoff in seconds; doubles per attempt
     system: str | None = None
     seed: int | None = None  # shuffle seed (and sampling seed where supported)
     fallback_judge: str | None = None
     max_cost: float | None = None  # USD for the whole fusion
     max_total_tokens: int | None = None
+    demote_suspicious: bool = True  # best-of: candidates that address the judge lose
+    judge_both_orders: bool = False  # best-of: the pick must survive a reversed order
     depth: int = 0  # fusion depth of the incoming request (the server sets it)
 
     def validate(self, n_members: int) -> None:
@@ -73,6 +78,11 @@ class FusionOptions:
                 raise UsageError(f"--{name} must be between 0 and {ceiling:g} seconds")
         if self.retries < 0 or self.retries > 10:
             raise UsageError("retries must be between 0 and 10")
+        if not (isinstance(self.retry_backoff, int | float) and 0 <= self.retry_backoff <= 60):
+            raise UsageError("retry_backoff must be between 0 and 60 seconds")
+        for name in ("demote_suspicious", "judge_both_orders"):
+            if not isinstance(getattr(self, name), bool):
+                raise UsageError(f"{name} must be true or false")
         for name in ("temperature", "judge_temperature"):
             value = getattr(self, name)
             if value is not None and not 0 <= value <= 2:
@@ -292,7 +302,9 @@ class Fusion:
                          quorum=opts.quorum),
             emit, headers, budget,
         )
-        results = await panel.run([(m, messages) for m in members], deadline_at=deadline_at)
+        # Members stop early enough to leave the judge its share (none when nothing is judged).
+        panel_end = deadline_at - (JUDGE_RESERVE * opts.deadline if len(members) > 1 else 0.0)
+        results = await panel.run([(m, messages) for m in members], deadline_at=panel_end)
         panel_done = time.monotonic()
         if budget.active and budget.over():
             error = budget.error()
@@ -305,8 +317,11 @@ class Fusion:
         seed = opts.seed if opts.seed is not None else secrets.randbits(32)
         judge = Judge(self._judge(plan.judge), fallback=self._judge(plan.fallback_judge)
                       if plan.fallback_judge else None, emit=emit, headers=headers,
-                      end=deadline_at, call_timeout=opts.timeout)
+                      end=deadline_at, call_timeout=opts.timeout,
+                      demote_suspicious=opts.demote_suspicious,
+                      both_orders=opts.judge_both_orders)
         judge.result.shuffle_seed = seed
+        judge.result.defused = defusals(candidates)
         ctx = ModeContext(messages=messages, candidates=candidates, members=results,
                           judge=judge, seed=seed, nonce=secrets.token_hex(4), emit=emit,
                           panel=panel, seats=members, deadline_at=deadline_at,
@@ -318,8 +333,10 @@ class Fusion:
                                   reason=skip.replace("_", " "))
         else:
             outcome = await MODES[plan.mode](ctx)
-            judge.result.labels = outcome.labels if outcome.labels is not None else {
-                item.label: item.member.index for item in ctx.labeled()}
+            if outcome.labels is not None:  # a mode that judged a subset says which itself
+                judge.result.labels = outcome.labels
+            elif not judge.result.labels:
+                judge.result.labels = {item.label: item.member.index for item in ctx.labeled()}
         emit(FusionEvent("answer_delta", text=outcome.answer))
         total = time.monotonic() - started
         result = FusionResult(

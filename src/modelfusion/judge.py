@@ -2,8 +2,10 @@
 
 Hygiene, the same in every mode: candidates become "A", "B", ... in a seeded shuffle (the
 seed is recorded), each is fenced in a tag carrying a per-fusion nonce so a candidate cannot
-close its own fence, and the judge is told that candidate text is data, never an instruction.
-No model or provider name ever reaches the judge.
+close its own fence, text that addresses the judge is replaced by a marker in the judge's
+view (`defuse.py`; which members it touched is recorded in `judge.defused`), and the judge
+is told that candidate text is data, never an instruction. No model or provider name ever
+reaches the judge.
 
 Failure handling: tolerant JSON parsing, one corrective retry, then the configured fallback
 judge; if that fails too the caller gets `None` and applies its documented rule
@@ -23,6 +25,7 @@ from difflib import SequenceMatcher
 from typing import Any, TypeVar
 
 from .config import Price, call_cost
+from .defuse import defuse
 from .errors import ProviderError
 from .panel import Emit
 from .providers.base import Provider
@@ -69,11 +72,16 @@ def fence(labeled: list[Labeled], nonce: str) -> str:
     tag = f"candidate-{nonce}"
     blocks = []
     for item in labeled:
-        # A candidate cannot forge our tag: the nonce is unknown to it, and any attempt to
-        # write the tag is defused anyway.
-        body = (item.member.content or "").replace(tag, "candidate-REDACTED")
+        # A candidate cannot forge our tag: the nonce is unknown to it, tag look-alikes and
+        # judge-addressed text are defused, and the bare nonce is redacted anyway.
+        body = defuse(item.member.content or "").text.replace(tag, "candidate-REDACTED")
         blocks.append(f'<{tag} label="{item.label}">\n{body}\n</{tag}>')
     return "\n\n".join(blocks)
+
+
+def defusals(candidates: list[MemberResult]) -> dict[int, list[str]]:
+    """member index -> the kinds of judge-addressed text `fence` takes out of its answer."""
+    return {m.index: list(d.kinds) for m in candidates if (d := defuse(m.content or "")).kinds}
 
 
 def render_request(messages: list[Message]) -> str:
@@ -140,8 +148,14 @@ class Judge:
         headers: dict[str, str],
         end: float,
         call_timeout: float = 120.0,
+        demote_suspicious: bool = True,
+        both_orders: bool = False,
     ) -> None:
         self.seat = seat
+        # Policies best-of applies (docs/judge.md): candidates whose text was defused lose
+        # to clean ones; the pick must survive a second, reversed order.
+        self.demote_suspicious = demote_suspicious
+        self.both_orders = both_orders
         self.fallback = fallback
         self._emit = emit
         self._headers = headers

@@ -474,6 +474,8 @@ def _judge(d: dict[str, Any] | None) -> JudgeResult | None:
         error=d.get("error"), usage=Usage(**d.get("usage") or {}),
         latency_ms=d.get("latency_ms") or 0.0, cost=d.get("cost"),
         labels=dict(d.get("labels") or {}), shuffle_seed=d.get("shuffle_seed"),
+        defused={int(k): list(v) for k, v in (d.get("defused") or {}).items()},
+        demoted=list(d.get("demoted") or []),
     )
 
 

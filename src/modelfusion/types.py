@@ -122,6 +122,9 @@ class JudgeResult:
     # The order in which candidates were shown to the judge: label -> member index.
     labels: dict[str, int] = field(default_factory=dict)
     shuffle_seed: int | None = None
+    # member index -> kinds of judge-addressed text removed from the judge's view of it
+    defused: dict[int, list[str]] = field(default_factory=dict)
+    demoted: list[int] = field(default_factory=list)  # best-of: kept from the judge for it
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -134,6 +137,8 @@ class JudgeResult:
             "cost": self.cost,
             "labels": self.labels,
             "shuffle_seed": self.shuffle_seed,
+            "defused": self.defused,
+            "demoted": self.demoted,
         }
 
 

@@ -98,4 +98,7 @@ async def vote(ctx: ModeContext) -> ModeOutcome:
     summary = f"{winner}: {counts[winner]} of {total}, {round(100 * counts[winner] / total)} %"
     votes = {"winner": winner, "split": split, "total": total, "tie": len(tied) > 1,
              "summary": summary}
+    if ctx.judge.result.status == "skipped" and ctx.judge.result.reason is None:
+        # Say why no judge was asked, as the other modes do when they skip it.
+        ctx.judge.result.reason = "single_candidate" if total == 1 else "short_answers_no_tie"
     return ModeOutcome(answer=winner, votes=votes, reason=summary)

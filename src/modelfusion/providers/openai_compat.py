@@ -30,6 +30,7 @@ class OpenAICompatProvider:
         self.remote = cfg.remote
         self._extra_body = dict(cfg.extra_body)
         self._api_key = cfg.api_key()
+        self._max_chars = cfg.max_response_chars
         kwargs: dict[str, Any] = {
             "api_key": self._api_key or "not-needed",
             "max_retries": 0,
@@ -92,11 +93,11 @@ class OpenAICompatProvider:
         try:
             if on_delta is None:
                 resp = await self._create(**request, **extra)
-                return _from_response(resp)
+                return _capped(_from_response(resp), self._max_chars)
             async with self._stream(
                 **request, stream=True, stream_options={"include_usage": True}, **extra
             ) as response:
-                return await _collect_stream(response, on_delta)
+                return await _collect_stream(response, on_delta, self._max_chars)
         except openai.APIStatusError as e:
             raise _status_error(e) from None
         except openai.APITimeoutError:
@@ -141,8 +142,20 @@ def _from_response(resp: Any) -> Completion:
     return Completion(choice.message.content or "", usage, cost, choice.finish_reason)
 
 
-async def _collect_stream(response: Any, on_delta: DeltaCallback) -> Completion:
+def _too_long(limit: int) -> ProviderError:
+    return ProviderError("bad_response", f"the answer is longer than {limit:,} characters "
+                         "(the provider's max_response_chars)")
+
+
+def _capped(completion: Completion, limit: int) -> Completion:
+    if len(completion.content) > limit:
+        raise _too_long(limit)
+    return completion
+
+
+async def _collect_stream(response: Any, on_delta: DeltaCallback, limit: int) -> Completion:
     parts: list[str] = []
+    size = 0
     usage, cost, finish = Usage(), None, None
     try:
         async for line in response.iter_lines():
@@ -159,6 +172,9 @@ async def _collect_stream(response: Any, on_delta: DeltaCallback) -> Completion:
             for choice in chunk.get("choices") or ():
                 text = (choice.get("delta") or {}).get("content")
                 if text:
+                    size += len(text)
+                    if size > limit:
+                        raise _too_long(limit)  # stop reading: the rest is not wanted
                     parts.append(text)
                     on_delta(text)
                 if choice.get("finish_reason"):

@@ -29,6 +29,7 @@ from ..traces import AmbiguousTraceId
 from .auth import check_bearer
 from .errors import ApiError, internal_error
 from .limits import FusionGate, read_body
+from .openapi import request_body
 from .resolve import parse_depth, prepare
 from .schemas import parse_chat_request
 from .service import FusionService, TraceSink
@@ -101,8 +102,9 @@ def create_app(config: Config, store: TraceSink | None = None,
             if flush is not None:
                 await asyncio.to_thread(flush)
 
-    app = FastAPI(title="modelfusion", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url=None)
+    # The OpenAPI document is served (/openapi.json: for clients and fuzzers); the
+    # interactive docs pages are not (they would load scripts from a CDN).
+    app = FastAPI(title="modelfusion", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.gate = gate
     app.state.pool = pool
     app.state.settings = settings
@@ -138,7 +140,7 @@ def create_app(config: Config, store: TraceSink | None = None,
         return {"status": "ok", "active_fusions": gate.active,
                 "max_concurrent": settings.max_concurrent}
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=request_body(settings))
     async def chat_completions(request: Request) -> Response:
         check_bearer(request, settings.api_keys)
         raw = await read_body(request, settings.max_body_bytes)
@@ -159,7 +161,7 @@ def create_app(config: Config, store: TraceSink | None = None,
     @app.get("/v1/models")
     async def list_models(request: Request) -> dict[str, Any]:
         check_bearer(request, settings.api_keys)
-        return {"object": "list", "data": model_list(config)}
+        return {"object": "list", "data": model_list(config, settings.allowed_providers)}
 
     @app.get("/v1/fusion/traces")
     async def list_traces(request: Request, limit: int = 50) -> dict[str, Any]:
@@ -205,9 +207,10 @@ async def _read(fn: Callable[[Any], Any], arg: Any) -> Any:
                        code="store_unavailable") from None
 
 
-def model_list(config: Config) -> list[dict[str, Any]]:
+def model_list(config: Config, allowed: frozenset[str] | None = None) -> list[dict[str, Any]]:
     """`fusion`, `fusion/<preset>`, and the provider:model specs the config mentions whose
-    provider is usable here (the server cannot know every model a provider serves)."""
+    provider is usable here and may be named by a request (the server cannot know every
+    model a provider serves)."""
     presets = {DEFAULT_LOCAL_PRESET.name: DEFAULT_LOCAL_PRESET, **config.presets}
     ids = ["fusion", *(f"fusion/{name}" for name in sorted(presets))]
     specs: set[str] = set(config.prices)
@@ -221,6 +224,8 @@ def model_list(config: Config) -> list[dict[str, Any]]:
             parsed = parse_spec(spec)
             config.provider(parsed.provider)
         except UsageError:
+            continue
+        if allowed is not None and parsed.provider not in allowed:
             continue
         usable.append(parsed.id)
     return [{"id": i, "object": "model", "created": 0,

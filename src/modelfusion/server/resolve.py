@@ -52,13 +52,14 @@ def parse_depth(value: str | None, settings: ServerSettings) -> int:
 
 def prepare(req: ChatRequest, config: Config, pool: ProviderPool, settings: ServerSettings,
             depth: int) -> Prepared:
-    target_preset, spec_target = _target(req.model, config)
+    allowed = settings.allowed_providers
+    target_preset, spec_target = _target(req.model, config, allowed)
     for i, spec in enumerate(req.models or ()):
-        check_spec(spec, req.params[f"models[{i}]"], config)
+        check_spec(spec, req.params[f"models[{i}]"], config, allowed)
     for name in ("judge", "fallback_judge"):
         value = req.judge if name == "judge" else req.options.get(name)
         if value:
-            check_spec(value, req.params[name], config)
+            check_spec(value, req.params[name], config, allowed)
     if req.mode is not None and req.mode not in MODES:
         raise bad_request(f"unknown mode {req.mode!r}; choose one of: "
                           f"{', '.join(sorted(MODES))}", req.params["mode"])
@@ -99,7 +100,8 @@ def prepare(req: ChatRequest, config: Config, pool: ProviderPool, settings: Serv
     return Prepared(fusion, req, fusion.plan.preset, passthrough)
 
 
-def _target(model: str, config: Config) -> tuple[Preset | None, str | None]:
+def _target(model: str, config: Config, allowed: frozenset[str] | None
+            ) -> tuple[Preset | None, str | None]:
     """(preset, passthrough spec) for the request's `model`."""
     if model == "fusion":
         try:
@@ -112,17 +114,20 @@ def _target(model: str, config: Config) -> tuple[Preset | None, str | None]:
         except ConfigError as e:
             raise ApiError(404, str(e), code="model_not_found", param="model") from None
     if ":" in model and not _URLISH.search(model):
-        check_spec(model, "model", config)
+        check_spec(model, "model", config, allowed)
         return None, model
     if _URLISH.search(model):
-        check_spec(model, "model", config)  # raises the URL refusal
+        check_spec(model, "model", config, allowed)  # raises the URL refusal
     raise ApiError(404, f"model {model!r} does not exist here: use fusion, fusion/<preset> or "
                    "provider:model (GET /v1/models lists them)", code="model_not_found",
                    param="model")
 
 
-def check_spec(spec: str, param: str, config: Config) -> None:
-    """A spec must name a configured provider; never a URL (no server-side request forgery)."""
+def check_spec(spec: str, param: str, config: Config,
+               allowed: frozenset[str] | None = None) -> None:
+    """A spec must name a configured provider the server allows requests to name; never a
+    URL (no server-side request forgery). Presets' own specs are the operator's, not
+    checked against `allowed`."""
     if _URLISH.search(spec):
         raise bad_request(f"{param} looks like a URL ({spec!r}): name a configured provider "
                           "as provider:model instead", param, "url_not_allowed")
@@ -131,6 +136,10 @@ def check_spec(spec: str, param: str, config: Config) -> None:
         config.provider(parsed.provider)
     except UsageError as e:
         raise usage_error(e, param) from None
+    if allowed is not None and parsed.provider not in allowed:
+        raise bad_request(f"{param}: provider {parsed.provider!r} is not enabled on this "
+                          f"server; requests may name: {', '.join(sorted(allowed)) or 'none'} "
+                          "(or use fusion / fusion/<preset>)", param, "provider_not_allowed")
 
 
 def _check_options(req: ChatRequest, options: dict[str, Any], n_members: int) -> None:

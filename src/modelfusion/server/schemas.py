@@ -22,7 +22,8 @@ OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "seed": (int,), "temperature": (int, float), "judge_temperature": (int, float),
     "timeout": (int, float), "deadline": (int, float), "system": (str,),
     "fallback_judge": (str,), "max_cost": (int, float), "max_total_tokens": (int,),
-    "judge_max_tokens": (int,),
+    "judge_max_tokens": (int,), "retry_backoff": (int, float), "demote_suspicious": (bool,),
+    "judge_both_orders": (bool,),
 }
 # Standard chat-completions fields that map onto fusion options.
 STANDARD_OPTIONS = {"temperature": "temperature", "max_tokens": "max_tokens",
@@ -172,8 +173,10 @@ def _apply_fusion_object(req: ChatRequest, obj: dict[str, Any], where: str,
 
 def _set_option(req: ChatRequest, name: str, value: Any, param: str) -> None:
     types = OPTION_TYPES[name]
-    if isinstance(value, bool) or not isinstance(value, types):
-        kind = "an integer" if types == (int,) else "a number" if int in types else "a string"
+    if isinstance(value, bool) != (types == (bool,)) or not isinstance(value, types):
+        kinds: dict[tuple[type, ...], str] = {(int,): "an integer", (str,): "a string",
+                                              (bool,): "a boolean"}
+        kind = kinds.get(types, "a number")
         raise bad_request(f"{param} must be {kind}", param)
     req.options[name] = value
     req.params[name] = param

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from ..config import load_config
-from ..errors import UsageError
+from ..config import Config, load_config
+from ..errors import ConfigError, UsageError
 
 
 def is_loopback(host: str) -> bool:
@@ -18,6 +18,22 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False  # a hostname: it may resolve to anything
+
+
+def allowed_providers(cfg: Config, given: list[str] | None, *, loopback: bool
+                      ) -> frozenset[str] | None:
+    """--allow-provider, else the default for where the server listens (None = all)."""
+    from .settings import default_allowed_providers
+
+    if given:
+        if "*" in given:
+            return None
+        unknown = sorted(set(given) - set(cfg.providers))
+        if unknown:
+            raise ConfigError(f"--allow-provider: unknown providers {unknown}; known: "
+                              f"{', '.join(sorted(cfg.providers))}")
+        return frozenset(given)
+    return None if loopback else default_allowed_providers(cfg)
 
 
 def serve(
@@ -34,6 +50,10 @@ def serve(
                                            "FUSION_API_KEYS (anyone can spend your keys).")]
     = False,
     max_concurrent: Annotated[int, typer.Option(help="Fusions at once; more get 429.")] = 64,
+    allow_provider: Annotated[list[str] | None, typer.Option(
+        help="A provider requests may name (repeatable; '*' = every configured one). "
+        "Default: every one on loopback; elsewhere the providers fusion.toml declares or its "
+        "presets use.")] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve the OpenAI-compatible API (/v1/chat/completions) and the web page (/)."""
@@ -50,16 +70,20 @@ def serve(
             "key1,key2 (clients send 'Authorization: Bearer key1'), bind to 127.0.0.1, or "
             "pass --insecure if something else guards this port"
         )
+    cfg = load_config(config)
+    allowed = allowed_providers(cfg, allow_provider, loopback=is_loopback(host))
     try:
-        settings = ServerSettings(api_keys=keys, max_concurrent=max_concurrent)
+        settings = ServerSettings(api_keys=keys, max_concurrent=max_concurrent,
+                                  allowed_providers=allowed)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    cfg = load_config(config)
     store = TraceStore.open(db, store_prompts=store_prompts)
     try:
         app = create_app(cfg, store, settings)
+        named = "any configured" if allowed is None else ", ".join(sorted(allowed)) or "none"
         typer.echo(f"modelfusion serving on http://{host}:{port}/ "
-                   f"(auth {'on' if keys else 'off'})", err=True)
+                   f"(auth {'on' if keys else 'off'}; providers requests may name: {named})",
+                   err=True)
         uvicorn.run(app, host=host, port=port, log_level=log_level,
                     timeout_graceful_shutdown=10)
     finally:

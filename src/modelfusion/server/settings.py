@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from ..config import Config, parse_spec
+
 API_KEYS_ENV = "FUSION_API_KEYS"
 
 
@@ -18,6 +20,10 @@ class ServerSettings:
     max_tokens_cap: int = 16_384  # per member answer; also the default when none is set
     max_depth: int = 3  # X-Fusion-Depth at or above this is refused (a loop of servers)
     retry_after_s: int = 1  # Retry-After on 429
+    # Providers a request may name in model / fusion.models / judge. None: every configured
+    # provider (the loopback default); `fusion serve` on another interface defaults to
+    # `default_allowed_providers(config)`. Presets may use any provider either way.
+    allowed_providers: frozenset[str] | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_concurrent", "max_body_bytes", "max_members", "max_tokens_cap",
@@ -28,6 +34,18 @@ class ServerSettings:
     @property
     def auth(self) -> bool:
         return bool(self.api_keys)
+
+
+def default_allowed_providers(config: Config) -> frozenset[str]:
+    """What a public server lets requests name by default: the providers fusion.toml
+    declares and the ones its presets (the default one included) use. Not the built-ins
+    nobody configured: `ollama:`/`vllm:`/`llamacpp:` reach fixed ports on the server's own
+    host, and `local:` loads llama.cpp models into the server."""
+    names = set(config.declared_providers)
+    for preset in [*config.presets.values(), config.default()]:
+        specs = [*preset.models, preset.judge, preset.options.get("fallback_judge")]
+        names.update(parse_spec(s).provider for s in specs if isinstance(s, str))
+    return frozenset(names)
 
 
 def keys_from_env() -> tuple[str, ...]:
