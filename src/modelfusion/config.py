@@ -114,7 +114,7 @@ class Preset:
 OPTION_NAMES = {
     "quorum", "rounds", "temperature", "max_tokens", "timeout", "deadline", "retries",
     "system", "seed", "judge_temperature", "fallback_judge", "max_cost", "max_total_tokens",
-    "judge_max_tokens",
+    "judge_max_tokens", "skills",
 }
 
 # The embedded default: chosen when neither the caller nor the config names models.
