@@ -75,13 +75,6 @@ def register(app: typer.Typer) -> None:
         if min_agreement < 1:
             raise UsageError("--min-agreement must be at least 1")
         skills = cli_skills(skill, skills_from_repo)
-        text = read_diff(base=base, diff=diff, staged=staged, stdin_text=_stdin)
-        chunks = split(parse_diff(text), chunk_chars)
-        if not chunks:
-            err.print("Nothing to review: the diff is empty (or has only binary files and "
-                      "deletions).")
-            _write([], {"models": "no model", "chunks": 0, "failed": 0}, fmt, output or [])
-            return
         # The default panel is the embedded one, whatever default_preset a config names:
         # code leaves the machine only when the user names a remote model or preset.
         fusion = Fusion(
@@ -92,6 +85,13 @@ def register(app: typer.Typer) -> None:
             max_tokens=max_tokens, timeout=timeout, seed=seed,
             deadline=deadline or REVIEW_DEADLINE,
         )
+        text = read_diff(base=base, diff=diff, staged=staged, stdin_text=_stdin)
+        chunks = split(parse_diff(text), chunk_chars)
+        if not chunks:
+            err.print("Nothing to review: the diff is empty (or has only binary files and "
+                      "deletions).")
+            _write([], {"models": "no model", "chunks": 0, "failed": 0}, fmt, output or [])
+            return
         from ..local_cli import prepare
 
         prepare(fusion, err)

@@ -149,7 +149,7 @@ def merge_group(group: list[Finding], panel: int, *, severity_: str | None = Non
     lines = sorted(f.line for f in group if f.line is not None)
     return replace(
         top,
-        line=lines[len(lines) // 2] if lines else None,
+        line=lines[(len(lines) - 1) // 2] if lines else None,  # the lower median
         severity=severity(severity_) if severity_ else top.severity,
         message=(message or "").strip() or top.message,
         suggestion=(suggestion or "").strip() or top.suggestion,
@@ -159,26 +159,33 @@ def merge_group(group: list[Finding], panel: int, *, severity_: str | None = Non
     )
 
 
-def _near(a: Finding, b: Finding) -> bool:
-    if a.file != b.file or a.category != b.category:
-        return False
-    if a.line is None or b.line is None:
-        return a.line is None and b.line is None
-    return abs(a.line - b.line) <= NEARBY_LINES
+def _distance(group: list[Finding], f: Finding) -> int | None:
+    """Lines between f and the nearest finding of the group; None if they cannot be one."""
+    head = group[0]
+    if head.file != f.file or head.category != f.category:
+        return None
+    if set(f.members) & {m for x in group for m in x.members}:
+        return None  # one member repeating itself is not agreement
+    if f.line is None:
+        return 0 if all(x.line is None for x in group) else None
+    lines = [x.line for x in group if x.line is not None]
+    if not lines:
+        return None
+    d = min(abs(f.line - n) for n in lines)
+    return d if d <= NEARBY_LINES else None
 
 
 def group_nearby(findings: list[Finding]) -> list[list[Finding]]:
     """Deterministic grouping: same file, same category, lines within NEARBY_LINES.
 
-    A group never takes two findings of one member (agreement counts members, and one member
-    repeating itself is not agreement).
+    Each finding joins the nearest compatible group; a group never takes two findings of
+    one member, since agreement counts members.
     """
     groups: list[list[Finding]] = []
     for f in sorted(findings, key=lambda f: (f.file, f.line or 0)):
-        for g in groups:
-            if _near(g[0], f) and not set(f.members) & {m for x in g for m in x.members}:
-                g.append(f)
-                break
+        options = [(d, i) for i, g in enumerate(groups) if (d := _distance(g, f)) is not None]
+        if options:
+            groups[min(options)[1]].append(f)
         else:
             groups.append([f])
     return groups
