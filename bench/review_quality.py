@@ -65,6 +65,8 @@ async def review_case(fusion: Fusion, case: Case) -> dict[str, Any]:
                 solo[member] = None
             elif found is not None:
                 solo[member] = [*(solo.get(member) or []), *found]
+        row.setdefault("replies", []).append(
+            {m.model: m.content if m.ok else f"[{m.reason}]" for m in part.result.members})
         row["judge"] = part.result.judge.status
         row["grouping"] = (part.result.analysis or {}).get("grouping")
     row["seconds"] = round(time.monotonic() - started, 1)

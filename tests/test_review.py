@@ -165,6 +165,10 @@ def test_parse_findings_tolerates_what_models_write():
     assert parse_findings("I think the code is wrong somewhere", files=files) is None
     assert parse_findings('{"findings": "none"}', files=files) is None
     assert parse_findings(findings_json({"file": "calc.py", "line": 1}), files=files) == []
+    cut = findings_json(OFF_BY_ONE, NONE_RETURN)[:-30]  # a reply cut off by max_tokens
+    salvaged = parse_findings(cut, files=files)
+    assert salvaged is not None and [f.line for f in salvaged] == [3]
+    assert parse_findings('{"findings": [{"file": "calc.py", "li', files=files) is None
 
 
 def test_nearby_grouping_counts_members_not_reports():

@@ -111,11 +111,32 @@ def parse_findings(text: str, *, files: list[str], member: str = "") -> list[Fin
         try:
             data = parse_json(stripped)  # code fences, chatter around the object
         except ValueError:
-            return [] if _NO_ISSUES.match(stripped) else None
+            if _NO_ISSUES.match(stripped):
+                return []
+            data = _salvage(stripped)
+            if data is None:
+                return None
     items = data.get("findings") if isinstance(data, dict) else data
     if not isinstance(items, list):
         return None
     return [f for item in items if (f := _finding(item, files, member)) is not None]
+
+
+def _salvage(text: str) -> dict[str, Any] | None:
+    """The complete findings of a reply cut off by max_tokens: `{"findings": [{..}, {..}, {`."""
+    m = re.match(r'\s*\{\s*"findings"\s*:\s*\[', text)
+    if not m:
+        return None
+    decoder, items, at = json.JSONDecoder(), [], m.end()
+    while True:
+        while at < len(text) and text[at] in " \t\r\n,":
+            at += 1
+        try:
+            item, at = decoder.raw_decode(text, at)
+        except ValueError:
+            break
+        items.append(item)
+    return {"findings": items} if items else None
 
 
 def _finding(item: Any, files: list[str], member: str) -> Finding | None:
