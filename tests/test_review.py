@@ -357,6 +357,7 @@ def test_fail_on_sets_the_exit_code(scripted, fake_config, tmp_path, fail_on, co
     assert sorted((f["line"], f["agreed_by"]) for f in out["findings"]) == [(3, 2), (10, 1)]
     assert out["summary"]["chunks"] == 2
     assert "Reviewing 2 file(s) in 2 part(s)" in proc.stderr
+    assert "fake:a reviewed in" in proc.stderr and "[2/2] calc.py: 2 finding(s)" in proc.stderr
     if code:
         assert "at or above" in proc.stderr
 

@@ -17,6 +17,7 @@ from rich.console import Console
 from ..config import DEFAULT_LOCAL_PRESET
 from ..errors import UsageError
 from ..fusion import Fusion
+from ..types import FusionEvent
 from . import report
 from .diff import DEFAULT_CHUNK_CHARS, parse_diff, split
 from .findings import MEMBER_SCHEMA, SEVERITIES, Finding, at_or_above, sort_findings
@@ -107,7 +108,18 @@ def register(app: typer.Typer) -> None:
             err.print(f"  [{i + 1}/{len(chunks)}] {name}: {state} ({part.seconds:.1f} s)",
                       highlight=False)
 
-        parts = asyncio.run(review_chunks(fusion, chunks, progress))
+        def activity(i: int, event: FusionEvent) -> None:
+            # Parts take minutes on a CPU: say what is happening inside each.
+            if event.type in ("member_done", "member_failed") and event.member_result:
+                m = event.member_result
+                state = "reviewed" if m.ok else f"failed ({m.reason})"
+                err.print(f"  [dim][{i + 1}/{len(chunks)}] {m.model} {state} in "
+                          f"{m.latency_ms / 1000:.1f} s[/dim]", highlight=False)
+            elif event.type == "judge_started":
+                err.print(f"  [dim][{i + 1}/{len(chunks)}] judge {event.model} merging "
+                          "findings[/dim]", highlight=False)
+
+        parts = asyncio.run(review_chunks(fusion, chunks, progress, activity))
         findings = sort_findings([f for p in parts for f in p.findings
                                   if f.agreed_by >= min_agreement])
         _write(findings, _summary(fusion, parts), fmt, output or [])

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import FusionError, UsageError
 from ..fusion import Fusion
-from ..types import FusionResult
+from ..types import FusionEvent, FusionResult
 from .diff import Chunk
 from .findings import Finding, from_dict, parse_findings
 
@@ -64,8 +64,14 @@ def prompt(chunk: Chunk) -> str:
 
 
 async def review_chunks(fusion: Fusion, chunks: list[Chunk],
-                        on_part: Callable[[int, PartReview], None] | None = None
+                        on_part: Callable[[int, PartReview], None] | None = None,
+                        on_event: Callable[[int, FusionEvent], None] | None = None
                         ) -> list[PartReview]:
+    """Review every chunk (a few at a time); a part whose members all failed keeps its error.
+
+    `on_event(i, event)` sees each part's fusion events (members done, judge started) for
+    progress; `on_part(i, part)` is called as each part finishes.
+    """
     gate = asyncio.Semaphore(PARALLEL_CHUNKS)
     loop = asyncio.get_running_loop()
 
@@ -74,7 +80,10 @@ async def review_chunks(fusion: Fusion, chunks: list[Chunk],
             part = PartReview(chunk)
             started = loop.time()
             try:
-                part.result = await fusion.run(prompt(chunk))
+                async for event in fusion.stream(prompt(chunk)):
+                    if on_event:
+                        on_event(i, event)
+                    part.result = event.result or part.result
             except FusionError as e:  # a failed part is reported, the others still run
                 if isinstance(e, UsageError):
                     raise
