@@ -82,6 +82,7 @@ def score(case: Case, answer: str) -> dict[str, Any]:
         "changed_raw": changed_lines(case.after, code),
         "changed_ast": changed_lines(norm_a, norm_b) if norm_a and norm_b else None,
         "answer_chars": len(answer),
+        "code": code,
     }
 
 
