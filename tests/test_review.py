@@ -12,10 +12,11 @@ import pytest
 import yaml
 
 from modelfusion import Fusion, UsageError
-from modelfusion.review.diff import Chunk, files_in, parse_diff, split
+from modelfusion.review.diff import Chunk, files_in, lines_in, parse_diff, split
 from modelfusion.review.findings import (
     MEMBER_SCHEMA,
     Finding,
+    anchor,
     at_or_above,
     group_nearby,
     merge_group,
@@ -184,6 +185,23 @@ def test_nearby_grouping_counts_members_not_reports():
     top = merged[-1]
     assert top.members == ("a", "b", "c") and top.panel == 3 and not top.single
     assert merged[0].single  # 1 of 3: kept, and marked
+
+
+def test_anchor_moves_a_finding_to_the_line_it_quotes():
+    (chunk,) = [c for c in split(parse_diff(DIFF)) if c.path == "calc.py"]
+    lines = lines_in([Message("user", prompt(chunk))])["calc.py"]
+    assert [(ln.kind, ln.new) for ln in lines if ln.kind != " "] == [
+        ("-", None), ("+", 3), ("+", 9), ("+", 10)]
+    hunk_start = finding("a", 1, msg="`for i in range(len(xs) - 1):` skips the last item")
+    assert anchor(hunk_start, lines).line == 3  # quotes an added line
+    removed = finding("a", 1, msg="`for i in range(len(xs)):` was right")
+    assert anchor(removed, lines).line == 3  # quotes the removed line: its replacement
+    spaced = finding("a", 2, msg="`return   None` hides the empty case")
+    assert anchor(spaced, lines).line == 10
+    on_added = finding("a", 9, msg="`for i in range(len(xs) - 1):`")
+    assert anchor(on_added, lines).line == 9  # already on a changed line: trusted
+    vague = finding("a", 1, msg="something is off with `frobnicate()`")
+    assert anchor(vague, lines).line == 1
 
 
 def test_merge_group_takes_the_most_severe_and_the_median_line():

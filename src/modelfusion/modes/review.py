@@ -15,10 +15,11 @@ from dataclasses import replace
 from typing import Any
 
 from ..judge import Labeled, anonymise
-from ..review.diff import files_in
+from ..review.diff import lines_in
 from ..review.findings import (
     SEVERITIES,
     Finding,
+    anchor,
     group_nearby,
     merge_group,
     parse_findings,
@@ -89,7 +90,8 @@ def _validator(by_id: dict[str, Finding]) -> Any:
 
 @register("review")
 async def review(ctx: ModeContext) -> ModeOutcome:
-    files = files_in(ctx.messages)
+    diff_lines = lines_in(ctx.messages)
+    files = list(diff_lines)
     readable: dict[int, list[Finding]] = {}
     unreadable: list[str] = []
     for m in ctx.candidates:
@@ -97,7 +99,7 @@ async def review(ctx: ModeContext) -> ModeOutcome:
         if found is None:
             unreadable.append(m.model)
         else:
-            readable[m.index] = found
+            readable[m.index] = [anchor(f, diff_lines.get(f.file, [])) for f in found]
     panel = len(readable)
     reporting = [m for m in ctx.candidates if readable.get(m.index)]
     every = [f for m in reporting for f in readable[m.index]]

@@ -133,9 +133,27 @@ def _cut(hunk: Hunk, max_chars: int) -> list[Hunk]:
 
 
 _FILE_LINE = re.compile(r"^File: (.+?) \((?:added|modified|renamed)\)", re.M)
+_ROW = re.compile(r"^([ \d]{5}) ([+\- ]) (.*)$")
 
 
 def files_in(messages: Sequence[Message]) -> list[str]:
     """The paths of the chunks rendered into a conversation (for the review mode)."""
-    text = "\n".join(m.content for m in messages if m.role == "user")
-    return list(dict.fromkeys(_FILE_LINE.findall(text)))
+    return list(lines_in(messages))
+
+
+def lines_in(messages: Sequence[Message]) -> dict[str, list[Line]]:
+    """The diff lines of each rendered chunk, read back from the conversation's text."""
+    out: dict[str, list[Line]] = {}
+    current: list[Line] | None = None
+    for m in messages:
+        if m.role != "user":
+            continue
+        for row in m.content.splitlines():
+            head = _FILE_LINE.match(row)
+            if head:
+                current = out.setdefault(head.group(1), [])
+            elif current is not None and (cell := _ROW.match(row)):
+                number = cell.group(1).strip()
+                current.append(Line(cell.group(2), cell.group(3),
+                                    int(number) if number else None))
+    return out

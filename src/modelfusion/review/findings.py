@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from ..judge import parse_json
+from .diff import Line
 
 SEVERITIES = ("info", "low", "medium", "high", "critical")  # ascending
 CATEGORIES = ("bug", "security", "performance", "error-handling", "maintainability", "style",
@@ -160,6 +161,40 @@ def _finding(item: Any, files: list[str], member: str) -> Finding | None:
                    category=category(item.get("category")), message=message.strip(),
                    suggestion=str(item.get("suggestion") or "").strip(),
                    members=(member,) if member else ())
+
+
+_QUOTE = re.compile(r"`([^`\n]{4,})`")
+
+
+def anchor(f: Finding, lines: list[Line]) -> Finding:
+    """Put a finding on the line its message quotes when its own line number is off.
+
+    Small models often give the hunk's first line, or quote the removed line. A quote of an
+    added line moves the finding there; of a removed line, to the added line that replaced
+    it. A finding already on an added line, or quoting nothing in the diff, stays.
+    """
+    added = {ln.new for ln in lines if ln.kind == "+"}
+    if f.line in added:
+        return f
+    for quote in _QUOTE.findall(f.message):
+        q = " ".join(quote.split())
+        for rank in ("+", "-"):
+            for i, ln in enumerate(lines):
+                if ln.kind == rank and q in " ".join(ln.text.split()):
+                    target = ln.new if rank == "+" else _replacement(lines, i)
+                    if target is not None:
+                        return replace(f, line=target)
+    return f
+
+
+def _replacement(lines: list[Line], i: int) -> int | None:
+    """The new line number of the added line that follows removed line i (its replacement)."""
+    for ln in lines[i + 1:]:
+        if ln.kind == "+":
+            return ln.new
+        if ln.kind == " ":
+            return None
+    return None
 
 
 def merge_group(group: list[Finding], panel: int, *, severity_: str | None = None,

@@ -16,7 +16,7 @@ from ..errors import FusionError, UsageError
 from ..fusion import Fusion
 from ..types import FusionEvent, FusionResult
 from .diff import Chunk
-from .findings import Finding, from_dict, parse_findings
+from .findings import Finding, anchor, from_dict, parse_findings
 
 REVIEW_SYSTEM = """You are a careful code reviewer. You get part of a diff. Each line shows \
 its line number in the new file (removed lines have none), then "+" for an added line, "-" \
@@ -54,9 +54,13 @@ class PartReview:
         """Each member's own findings (None: its reply was unreadable) — the solo view."""
         if self.result is None:
             return {}
-        files = [self.chunk.path]
-        return {m.model: parse_findings(m.content or "", files=files, member=m.model)
-                if m.ok else None for m in self.result.members}
+        lines = [ln for h in self.chunk.hunks for ln in h.lines]
+        out: dict[str, list[Finding] | None] = {}
+        for m in self.result.members:
+            found = parse_findings(m.content or "", files=[self.chunk.path], member=m.model) \
+                if m.ok else None
+            out[m.model] = None if found is None else [anchor(f, lines) for f in found]
+        return out
 
 
 def prompt(chunk: Chunk) -> str:
