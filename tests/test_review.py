@@ -466,6 +466,7 @@ def test_base_and_staged_read_git(scripted, fake_config, repo):
     (["--fail-on", "severe"], "--fail-on 'severe'"),
     (["--diff", "missing.diff"], "no such file"),
     (["--skill", "nope"], "unknown skill 'nope'; available: coding"),
+    (["--offline"], "offline mode is on"),  # the fake is a network provider
 ])
 def test_user_mistakes_exit_2(fake_config, repo, upstream, args, message):
     proc = run_in(repo, fake_config, *args)
