@@ -35,7 +35,9 @@ class Hunk:
     lines: tuple[Line, ...]
 
     def render(self) -> str:
-        rows = [self.header]
+        # The header's numbers are left out: models copied the hunk's start line into their
+        # findings instead of the numbered line they meant (measured, docs/results-review.md).
+        rows = ["@@" + self.header.rsplit("@@", 1)[-1].rstrip()]
         for line in self.lines:
             number = "" if line.new is None else str(line.new)
             rows.append(f"{number:>5} {line.kind} {line.text}")
