@@ -120,8 +120,9 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def summarize(rows: list[dict[str, Any]]) -> str:
     out = ["| arm | pass rate | changed lines, mean (median) | changed lines after ast "
-           "normalisation, mean (median) | on problems both arms pass: mean changed lines |",
-           "|---|---|---|---|---|"]
+           "normalisation, mean (median) | on problems both arms pass: mean changed lines | "
+           "answer length, chars |",
+           "|---|---|---|---|---|---|"]
     ok = [r for r in rows if "error" not in r]
     both = {t for t in {r["task_id"] for r in ok}
             if all(r["passed"] for r in ok if r["task_id"] == t)
@@ -139,8 +140,9 @@ def summarize(rows: list[dict[str, Any]]) -> str:
                    f"{statistics.mean(raw):.1f} ({statistics.median(raw):g}) | "
                    + (f"{statistics.mean(norm):.1f} ({statistics.median(norm):g})"
                       if norm else "n/a")
-                   + f" | {means[arm]:.1f} (n={len(shared)}) |")
-    if means.get("plain"):
+                   + f" | {means[arm]:.1f} (n={len(shared)}) | "
+                   f"{statistics.mean(r['answer_chars'] for r in rs):.0f} |")
+    if means.get("plain") and both:
         change = 100 * (means["coding"] - means["plain"]) / means["plain"]
         out.append(f"\ndiff size with the pack vs without, on problems both arms fix: "
                    f"{change:+.0f} %")
