@@ -209,6 +209,9 @@ def test_merge_group_takes_the_most_severe_and_the_median_line():
                           finding("c", 4, sev="medium")], panel=3)
     assert (merged.severity, merged.line, merged.agreed_by) == ("critical", 4, 3)
     assert at_or_above([merged], "high") == [merged]
+    on_change = merge_group([finding("a", 8), finding("b", 11), finding("c", 9)], panel=3,
+                            changed={11, 12})
+    assert on_change.line == 11  # the member that pointed at the changed line wins
     assert at_or_above([merge_group([finding("a", sev="low")], 1)], "medium") == []
 
 

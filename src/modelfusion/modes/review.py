@@ -110,7 +110,9 @@ async def review(ctx: ModeContext) -> ModeOutcome:
         ctx.judge.result.reason = "nothing_to_merge"
         merged = [replace(f, panel=panel) for f in every]
     else:
-        merged, grouping = await _judge_groups(ctx, reporting, readable, panel)
+        added = {ln.new for lines in diff_lines.values() for ln in lines
+                 if ln.kind == "+" and ln.new is not None}
+        merged, grouping = await _judge_groups(ctx, reporting, readable, panel, added)
     merged = sort_findings(merged)
     findings = [f.to_dict() for f in merged]
     return ModeOutcome(
@@ -121,7 +123,7 @@ async def review(ctx: ModeContext) -> ModeOutcome:
 
 
 async def _judge_groups(ctx: ModeContext, reporting: list[MemberResult],
-                        readable: dict[int, list[Finding]], panel: int
+                        readable: dict[int, list[Finding]], panel: int, added: set[int]
                         ) -> tuple[list[Finding], str]:
     labeled = anonymise(reporting, ctx.seed)
     by_id: dict[str, Finding] = {}
@@ -136,10 +138,10 @@ async def _judge_groups(ctx: ModeContext, reporting: list[MemberResult],
     verdict = await ctx.judge.verdict(system, prompt, _schema(sorted(by_id)), _validator(by_id))
     if verdict is None:
         groups = group_nearby(list(by_id.values()))
-        return [merge_group(g, panel) for g in groups], "nearby"
+        return [merge_group(g, panel, changed=added) for g in groups], "nearby"
     merged = [
         merge_group([by_id[i] for i in ids], panel, severity_=g.get("severity"),
-                    message=g.get("message"), suggestion=g.get("suggestion"))
+                    message=g.get("message"), suggestion=g.get("suggestion"), changed=added)
         for ids, g in verdict
     ]
     return merged, "judge"

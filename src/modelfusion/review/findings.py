@@ -198,11 +198,17 @@ def _replacement(lines: list[Line], i: int) -> int | None:
 
 
 def merge_group(group: list[Finding], panel: int, *, severity_: str | None = None,
-                message: str | None = None, suggestion: str | None = None) -> Finding:
-    """One finding for a group; `agreed_by` = distinct members in it (counted here)."""
+                message: str | None = None, suggestion: str | None = None,
+                changed: set[int] | frozenset[int] = frozenset()) -> Finding:
+    """One finding for a group; `agreed_by` = distinct members in it (counted here).
+
+    Its line: the lower median of the members' lines, taken among those on a `changed`
+    (added) line when there are any — a review is about the change.
+    """
     members = tuple(dict.fromkeys(m for f in group for m in f.members))
     top = max(group, key=lambda f: f.rank)  # the most severe report leads
     lines = sorted(f.line for f in group if f.line is not None)
+    lines = [n for n in lines if n in changed] or lines
     return replace(
         top,
         line=lines[(len(lines) - 1) // 2] if lines else None,  # the lower median
