@@ -22,6 +22,7 @@ from .fusion import Fusion
 from .local_cli import prepare as prepare_local_models
 from .modes import MODES
 from .progress import LiveProgress
+from .skills import Skill, repo_instructions
 from .types import FusionResult, Message
 
 app = typer.Typer(
@@ -83,6 +84,12 @@ def ask(
     = None,
     preset: Annotated[str | None, typer.Option(help="A named preset from fusion.toml.")] = None,
     system: Annotated[str | None, typer.Option(help="System prompt for every member.")] = None,
+    skill: Annotated[list[str] | None, typer.Option(
+        "--skill", help="Add a skills pack (e.g. coding) to every member's system prompt and "
+        "its rubric to the judge; repeatable.")] = None,
+    skills_from_repo: Annotated[bool, typer.Option(
+        help="Add the CLAUDE.md / AGENTS.md rules found from here up to the repo root.")]
+    = False,
     temperature: Annotated[float | None, typer.Option(help="Members' temperature.")] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Max tokens per member answer.")]
     = None,
@@ -117,7 +124,8 @@ def ask(
     text = _read_prompt(prompt)
     fusion = Fusion(
         model or None, judge, mode, preset=preset, config=config, offline=offline or None,
-        system=system, temperature=temperature, max_tokens=max_tokens, timeout=timeout,
+        system=system, skills=cli_skills(skill, skills_from_repo), temperature=temperature,
+        max_tokens=max_tokens, timeout=timeout,
         deadline=deadline, quorum=quorum, rounds=rounds, seed=seed, max_cost=max_cost,
         max_total_tokens=max_total_tokens,
     )
@@ -140,6 +148,18 @@ def ask(
         trace_id = store.record(result, messages=messages, source="cli",
                                 preset=fusion.plan.preset)
     _print_result(result, as_json=as_json, show=show, trace_id=trace_id)
+
+
+def cli_skills(names: list[str] | None, from_repo: bool) -> tuple[str | Skill, ...] | None:
+    """--skill NAME... and --skills-from-repo as the `skills` option (None: not set)."""
+    skills: list[str | Skill] = list(names or [])
+    if from_repo:
+        found = repo_instructions()
+        if found is None:
+            raise UsageError("--skills-from-repo: no CLAUDE.md or AGENTS.md from here up to "
+                             "the repository root")
+        skills.append(found)
+    return tuple(skills) or None
 
 
 async def _run(fusion: Fusion, text: str, *, live: bool) -> FusionResult:
@@ -223,6 +243,7 @@ def models(
 
 from .evals.cli import register as register_eval_command  # noqa: E402
 from .local_cli import register as register_local_commands  # noqa: E402
+from .review.cli import register as register_review_command  # noqa: E402
 from .server.serve_cli import register as register_serve_command  # noqa: E402
 from .trace_cli import register as register_trace_commands  # noqa: E402
 
@@ -230,6 +251,7 @@ register_local_commands(app)
 register_eval_command(app)
 register_serve_command(app)
 register_trace_commands(app)
+register_review_command(app)
 
 
 def main() -> None:

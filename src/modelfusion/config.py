@@ -118,6 +118,7 @@ OPTION_NAMES = {
     "quorum", "rounds", "temperature", "max_tokens", "timeout", "deadline", "retries",
     "system", "seed", "judge_temperature", "fallback_judge", "max_cost", "max_total_tokens",
     "judge_max_tokens", "retry_backoff", "demote_suspicious", "judge_both_orders",
+    "skills",
 }
 
 # The embedded default: chosen when neither the caller nor the config names models.

@@ -26,6 +26,7 @@ from .modes import MODES, ModeContext, ModeOutcome
 from .modes.vote import normalise
 from .panel import Member, Panel, PanelOptions
 from .providers.base import Provider, build_provider
+from .skills import Skill, member_text, resolve_skills, rubric_text
 from .types import (
     FusionEvent,
     FusionResult,
@@ -64,6 +65,12 @@ class FusionOptions:
     max_total_tokens: int | None = None
     demote_suspicious: bool = True  # best-of: candidates that address the judge lose
     judge_both_orders: bool = False  # best-of: the pick must survive a reversed order
+    # Instruction packs (names of shipped skills, or Skill objects): their text goes to
+    # every member's system prompt, their rubric to the judge.
+    skills: tuple[str | Skill, ...] = ()
+    # JSON schema the members' answers must follow, where the provider can enforce it
+    # (llama.cpp grammar, OpenAI json_schema). Set by `fusion review`; not a preset option.
+    response_schema: dict[str, Any] | None = None
     depth: int = 0  # fusion depth of the incoming request (the server sets it)
 
     def validate(self, n_members: int) -> None:
@@ -93,6 +100,7 @@ class FusionOptions:
             raise UsageError("--max-cost must be a positive amount of USD")
         if self.max_total_tokens is not None and self.max_total_tokens < 1:
             raise UsageError("--max-total-tokens must be at least 1")
+        resolve_skills(self.skills)  # an unknown name fails here, listing the known ones
 
 
 _OPTION_FIELDS = {f.name for f in fields(FusionOptions)}
@@ -146,6 +154,8 @@ class _Plan:
     mode: str
     options: FusionOptions
     preset: str | None = None
+    instructions: str = ""  # skills' text for every member's system prompt
+    rubric: str = ""  # skills' rubric for the judge
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -190,8 +200,12 @@ class Fusion:
         if not specs:
             raise UsageError("no models: pass -m provider:model (repeatable) or --preset NAME")
         preset_options = dict(preset.options) if preset else {}
-        opts = FusionOptions(**{**preset_options,
-                                **{k: v for k, v in overrides.items() if v is not None}})
+        merged = {**preset_options, **{k: v for k, v in overrides.items() if v is not None}}
+        if isinstance(merged.get("skills"), str):
+            merged["skills"] = (merged["skills"],)
+        if "skills" in merged:  # a TOML / JSON list becomes the tuple the option holds
+            merged["skills"] = tuple(merged["skills"])
+        opts = FusionOptions(**merged)
         mode = mode or (preset.mode if preset else "merge")
         if mode not in MODES:
             raise UsageError(f"unknown mode {mode!r}; choose one of: {', '.join(sorted(MODES))}")
@@ -207,12 +221,13 @@ class Fusion:
                 seed = None if opts.seed is None else opts.seed + k
                 label = parsed.id if parsed.count == 1 else f"{parsed.id}#{k + 1}"
                 params = GenerationParams(temperature=temperature, max_tokens=opts.max_tokens,
-                                          seed=seed)
+                                          seed=seed, json_schema=opts.response_schema)
                 seats.append(_Seat(label, parsed.provider, parsed.model, params))
         if len(seats) > 16:
             raise UsageError(f"{len(seats)} members: at most 16 per fusion")
         opts.validate(len(seats))
         judge_spec = judge or (preset.judge if preset and preset.judge else None) or specs[0]
+        skills = resolve_skills(opts.skills)  # read once, here, not per request
         return _Plan(
             seats=seats,
             judge=self._judge_seat(judge_spec, opts),
@@ -221,6 +236,8 @@ class Fusion:
             mode=mode,
             options=opts,
             preset=preset.name if preset else None,
+            instructions=member_text(skills),
+            rubric=rubric_text(skills),
         )
 
     def _preflight(self, provider: str, model: str) -> None:
@@ -292,6 +309,8 @@ class Fusion:
         if opts.system:
             messages = [Message("system", opts.system),
                         *[m for m in messages if m.role != "system"]]
+        if plan.instructions:
+            messages = _with_instructions(messages, plan.instructions)
 
         members = [self._member(i, seat) for i, seat in enumerate(plan.seats)]
         budget = Budget(max_cost=opts.max_cost, max_total_tokens=opts.max_total_tokens)
@@ -325,7 +344,7 @@ class Fusion:
         ctx = ModeContext(messages=messages, candidates=candidates, members=results,
                           judge=judge, seed=seed, nonce=secrets.token_hex(4), emit=emit,
                           panel=panel, seats=members, deadline_at=deadline_at,
-                          rounds=opts.rounds)
+                          rounds=opts.rounds, rubric=plan.rubric)
         skip = _skip_reason(plan.mode, candidates)
         if skip:
             judge.result.reason = skip
@@ -359,8 +378,11 @@ class Fusion:
 
     def _member(self, index: int, seat: _Seat) -> Member:
         provider, limit = self.pool.get(seat.provider)
+        params = seat.params
+        if params.json_schema is not None and not provider.supports_json_schema:
+            params = replace(params, json_schema=None)
         return Member(index=index, label=seat.label, provider=provider, model=seat.model,
-                      params=seat.params, price=self.config.price(seat.label.split("#")[0]),
+                      params=params, price=self.config.price(seat.label.split("#")[0]),
                       limit=limit)
 
     def _judge(self, seat: _Seat) -> JudgeSeat:
@@ -373,11 +395,19 @@ def _ignore(event: FusionEvent) -> None:
     pass
 
 
+def _with_instructions(messages: list[Message], text: str) -> list[Message]:
+    """Skills go after the member's system prompt (or become it, when there is none)."""
+    if messages and messages[0].role == "system":
+        return [Message("system", f"{messages[0].content}\n\n{text}"), *messages[1:]]
+    return [Message("system", text), *messages]
+
+
 def _skip_reason(mode: str, candidates: list[Any]) -> str | None:
     """Why the judge can be skipped: nothing to choose between."""
-    if mode in ("vote", "verified"):
+    if mode in ("vote", "verified", "review"):
         # vote reports its split even when unanimous; verified runs the checks even for
-        # one candidate (the result says which it passed). Neither needs the judge then.
+        # one candidate (the result says which it passed); review reports agreement.
+        # None of them needs the judge then, and each decides that itself.
         return None
     if len(candidates) == 1:
         return "single_candidate"

@@ -28,6 +28,7 @@ class ModeContext:
     seats: list[Member]
     deadline_at: float
     rounds: int = 1
+    rubric: str = ""  # from the fusion's skills: extra judging rules, after ours
 
     def labeled(self, candidates: list[MemberResult] | None = None) -> list[Labeled]:
         return anonymise(self.candidates if candidates is None else candidates, self.seed)
@@ -38,6 +39,8 @@ class ModeContext:
     def judge_prompt(self, labeled: list[Labeled], task: str) -> tuple[str, str]:
         """(system, user): the rules; the user's request, the fenced candidates, the task."""
         system = JUDGE_RULES.format(nonce=self.nonce)
+        if self.rubric:
+            system += f"\n\nRubric for this panel (after correctness):\n{self.rubric}"
         user = (
             f"The user's request:\n<request>\n{render_request(self.messages)}\n</request>\n\n"
             f"Candidates:\n\n{fence(labeled, self.nonce)}\n\n{task}"

@@ -163,10 +163,18 @@ def _apply_fusion_object(req: ChatRequest, obj: dict[str, Any], where: str,
                 raise bad_request(f"{key} must be a non-empty string", param)
             setattr(req, name, value.strip())
             req.params[name] = param
+        elif name == "skills":  # names of shipped packs; never a path on the server
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, list) \
+                    or not all(isinstance(s, str) and s.strip() for s in value):
+                raise bad_request("skills must be an array of skill names", param)
+            req.options["skills"] = tuple(s.strip() for s in value)
+            req.params["skills"] = param
         elif name in OPTION_TYPES:
             _set_option(req, name, value, param)
         else:
-            known = sorted({"models", "judge", "mode", *OPTION_TYPES, *aliases})
+            known = sorted({"models", "judge", "mode", "skills", *OPTION_TYPES, *aliases})
             raise bad_request(f"unknown fusion option {key!r}; known: {', '.join(known)}",
                               param, "unknown_parameter")
 

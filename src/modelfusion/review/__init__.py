@@ -1,0 +1,1 @@
+"""`fusion review`: diff chunks, findings, the review runner and its reports."""
