@@ -36,7 +36,7 @@ class Hunk:
 
     def render(self) -> str:
         # The header's numbers are left out: models copied the hunk's start line into their
-        # findings instead of the numbered line they meant (measured, docs/results-review.md).
+        # findings instead of the numbered line they meant (measured, docs/results.md).
         rows = ["@@" + self.header.rsplit("@@", 1)[-1].rstrip()]
         for line in self.lines:
             number = "" if line.new is None else str(line.new)
