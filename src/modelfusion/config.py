@@ -127,7 +127,9 @@ DEFAULT_LOCAL_PRESET = Preset(
     models=("local:qwen2.5-coder-0.5b*2", "local:qwen2.5-coder-1.5b"),
     judge="local:qwen2.5-coder-1.5b",
     mode="best-of",
-    options={"max_tokens": 512},
+    # The 1.5B judge follows the slot on half of the measured cases (docs/judge.md): it must
+    # pick the same answer in both orders, else the answer most others agree with wins.
+    options={"max_tokens": 512, "judge_both_orders": True},
 )
 
 
