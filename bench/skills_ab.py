@@ -21,7 +21,6 @@ import ast
 import asyncio
 import difflib
 import json
-import re
 import statistics
 import sys
 import time
@@ -31,6 +30,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from modelfusion import Fusion  # noqa: E402
+from modelfusion.code import extract_code  # noqa: E402
 from seeded_bugs import Case, run_tests, seeded_cases  # noqa: E402
 
 ASK = """This Python function has a bug: for some inputs it returns the wrong result. Fix the \
@@ -39,15 +39,6 @@ bug. Return the complete corrected code in one ```python block.
 ```python
 {code}
 ```"""
-
-
-def extract_code(answer: str) -> str:
-    try:
-        from modelfusion.code import extract_code as extract  # on main, once merged
-    except ImportError:
-        blocks = re.findall(r"```(?:python|py)?[ \t]*\n(.*?)```", answer, re.S)
-        return max(blocks, key=len) if blocks else answer
-    return extract(answer)
 
 
 def changed_lines(a: str, b: str) -> int:

@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import Config, parse_spec
@@ -31,25 +32,20 @@ def problem_seed(seed: int, problem: Problem) -> int:
     return seed + problem.number
 
 
+@dataclass(kw_only=True)
 class Runner:
-    def __init__(self, *, configs: list[EvalConfig], problems: list[Problem], run_dir: RunDir,
-                 config: Config, options: dict[str, Any], seed: int, replay: bool,
-                 records: dict[tuple[str, str], Record],
-                 on_start: Callable[[EvalConfig, Problem], None] | None = None,
-                 on_record: RecordHook | None = None,
-                 on_problem: Callable[[], object] | None = None) -> None:
-        self.configs = configs
-        self.problems = problems
-        self.run_dir = run_dir
-        self.config = config
-        self.options = options
-        self.seed = seed
-        self.replay = replay
-        self.records = records
-        self.on_start = on_start
-        self.on_record = on_record
-        self.on_problem = on_problem
-        self._grades: dict[tuple[str, str], Grade] = {}
+    configs: list[EvalConfig]
+    problems: list[Problem]
+    run_dir: RunDir
+    config: Config
+    options: dict[str, Any]
+    seed: int
+    replay: bool
+    records: dict[tuple[str, str], Record]
+    on_start: Callable[[EvalConfig, Problem], None] | None = None
+    on_record: RecordHook | None = None
+    on_problem: Callable[[], object] | None = None
+    _grades: dict[tuple[str, str], Grade] = field(default_factory=dict, init=False)
 
     def pending(self) -> int:
         return sum((c.name, p.task_id) not in self.records
