@@ -221,7 +221,7 @@ async def main() -> None:
         judge_module.defuse = lambda text: Defused(text, ())  # type: ignore[assignment]
     if "MODELFUSION_HOME" not in os.environ:
         print("note: MODELFUSION_HOME unset; using the user cache", file=sys.stderr)
-    from modelfusion import local_models
+    from modelfusion.providers.local import catalog as local_models
 
     local_models.pull(JUDGE_MODEL)
     up, cfg = _start()

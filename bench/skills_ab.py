@@ -30,7 +30,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from modelfusion import Fusion  # noqa: E402
-from modelfusion.code import extract_code  # noqa: E402
+from modelfusion.code.extract import extract_code  # noqa: E402
 from seeded_bugs import Case, run_tests, seeded_cases  # noqa: E402
 
 ASK = """This Python function has a bug: for some inputs it returns the wrong result. Fix the \

@@ -23,7 +23,7 @@ def fusion(*args: str, home: str, stdin: str | None = None,
 
 def assembled_home(factory: pytest.TempPathFactory, model: str) -> Path:
     """A fresh MODELFUSION_HOME holding one shipped model, assembled and verified."""
-    from modelfusion import local_models
+    from modelfusion.providers.local import catalog as local_models
 
     home = factory.mktemp(f"home-{model}")
     with pytest.MonkeyPatch.context() as mp:

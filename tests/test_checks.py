@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from modelfusion.checks import Check, find_checks
+from modelfusion.code.checks import Check, find_checks
 from modelfusion.types import Message
 
 HUMANEVAL_STYLE = '''from typing import List

@@ -15,10 +15,10 @@ import pytest
 from typer.testing import CliRunner
 
 from modelfusion.cli import app
+from modelfusion.cli.eval_progress import EvalProgress
 from modelfusion.evals import dataset
 from modelfusion.evals.grade import assemble, candidate_code, grade
 from modelfusion.evals.metrics import mean_pass_at_k, pass_at_k
-from modelfusion.evals.progress import EvalProgress
 from modelfusion.evals.store import RunDir
 from tests.fake_upstream import RecordedRequest, Reply
 from tests.test_local import MODEL, needs_llama, needs_parts, session_home  # noqa: F401

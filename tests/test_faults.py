@@ -40,7 +40,7 @@ import pytest
 from modelfusion import AllMembersFailed, Fusion
 from modelfusion.config import load_config
 from modelfusion.server import ServerSettings, create_app
-from modelfusion.traces import TraceStore
+from modelfusion.traces.store import TraceStore
 from tests.fake_upstream import FakeUpstream, Fault, RecordedRequest, Reply
 from tests.test_server import Served, start_server
 

@@ -12,12 +12,12 @@ import jsonschema
 import pytest
 
 from modelfusion import Fusion
+from modelfusion.cli.serve import allowed_providers
 from modelfusion.config import load_config
 from modelfusion.errors import ConfigError
 from modelfusion.server import ServerSettings, create_app
-from modelfusion.server.serve_cli import allowed_providers
 from modelfusion.server.settings import default_allowed_providers
-from modelfusion.traces import TraceStore
+from modelfusion.traces.store import TraceStore
 from tests.fake_upstream import FakeUpstream, Fault
 from tests.test_engine import pick
 from tests.test_server import ASK, VERDICT, Served, error_of, start_server, write_config

@@ -131,7 +131,7 @@ def test_presets_set_the_defences(upstream, tmp_path):
 
 
 async def test_traces_keep_what_was_defused_and_demoted(upstream, fake_config, tmp_path):
-    from modelfusion.traces import TraceStore
+    from modelfusion.traces.store import TraceStore
 
     upstream.script("alpha-model", PLANT)
     upstream.script("beta-model", "12 * 12 = 144.")

@@ -26,9 +26,10 @@ from types import SimpleNamespace
 import pytest
 from bench.judge import ATTACKS, CASES, JUDGE_MODEL, judge_once, members_for, planted
 
-from modelfusion import Fusion, local_models
+from modelfusion import Fusion
 from modelfusion.defuse import MARKER, defuse
-from modelfusion.providers import local
+from modelfusion.providers.local import catalog as local_models
+from modelfusion.providers.local import runtime as local
 from tests.fake_upstream import FakeUpstream, RecordedRequest, Reply
 from tests.helpers import assembled_home
 

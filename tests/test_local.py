@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from modelfusion import local_models
 from modelfusion.config import builtin_providers
 from modelfusion.errors import ProviderError, UsageError
-from modelfusion.providers import local
 from modelfusion.providers.base import Provider, build_provider
+from modelfusion.providers.local import catalog as local_models
+from modelfusion.providers.local import runtime as local
 from modelfusion.types import GenerationParams, Message
 from tests.helpers import assembled_home
 

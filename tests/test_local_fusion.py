@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from modelfusion import Fusion, OfflineError, local_models
+from modelfusion import Fusion, OfflineError
 from modelfusion.config import DEFAULT_LOCAL_PRESET
+from modelfusion.providers.local import catalog as local_models
 from tests.helpers import fusion
 from tests.test_local import MODEL, model_home, needs_llama, needs_parts, session_home  # noqa: F401
 

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from modelfusion.code import defines, extract_code, fences, parses
-from modelfusion.sandbox import namespace_prefix, run_python
+from modelfusion.code.extract import defines, extract_code, fences, parses
+from modelfusion.code.sandbox import namespace_prefix, run_python
 
 
 def _alive(pid: int) -> bool:

@@ -35,7 +35,7 @@ import pytest
 
 from modelfusion.config import load_config
 from modelfusion.server import ServerSettings, create_app
-from modelfusion.traces import TraceStore
+from modelfusion.traces.store import TraceStore
 from tests import test_server
 from tests.fake_upstream import FakeUpstream, Fault, RecordedRequest
 from tests.test_faults import smart_judge

@@ -22,10 +22,10 @@ import typer
 import uvicorn
 from typer.testing import CliRunner
 
+from modelfusion.cli.serve import register
 from modelfusion.config import load_config
 from modelfusion.server import ServerSettings, create_app
-from modelfusion.server.serve_cli import register
-from modelfusion.traces import TraceStore
+from modelfusion.traces.store import TraceStore
 from tests.fake_upstream import FakeUpstream, Fault, RecordedRequest, Reply
 
 ANALYSIS = {"consensus": ["all three say Paris"], "contradictions": ["B says Lyon; wrong"],

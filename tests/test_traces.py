@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, exc, make_url, text
 
-from modelfusion import AllMembersFailed, Fusion, FusionResult, UsageError, traces
-from modelfusion.traces import SCHEMA_VERSION, TraceStore, migrate
+from modelfusion import AllMembersFailed, Fusion, FusionResult, UsageError
+from modelfusion.traces import store as traces
+from modelfusion.traces.store import SCHEMA_VERSION, TraceStore, migrate
 from tests.fake_upstream import Fault, Reply
 from tests.helpers import fusion
 

@@ -16,12 +16,12 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from modelfusion import Fusion, FusionResult
-from modelfusion import harness as harness_module
-from modelfusion.checks import find_checks
-from modelfusion.harness import run_checks
+from modelfusion.code import harness as harness_module
+from modelfusion.code.checks import find_checks
+from modelfusion.code.harness import run_checks
+from modelfusion.code.sandbox import namespace_prefix, run_python
 from modelfusion.modes import verified as verified_mode
-from modelfusion.sandbox import namespace_prefix, run_python
-from modelfusion.traces import SCHEMA_VERSION, TraceStore
+from modelfusion.traces.store import SCHEMA_VERSION, TraceStore
 from modelfusion.types import Message
 from tests.fake_upstream import FakeUpstream, Reply
 from tests.helpers import fusion

@@ -17,23 +17,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import platformdirs
-
 from .errors import ConfigError, MissingKeyError, OfflineError
+from .files import home_dir
 
-APP = "modelfusion"
 OPENROUTER_HEADERS = {
     "HTTP-Referer": "https://github.com/modelfusion/modelfusion",
     "X-Title": "modelfusion",
 }
-
-
-def home_dir(kind: str) -> Path:
-    """`config`, `data` or `cache` dir; all under $MODELFUSION_HOME when it is set."""
-    root = os.environ.get("MODELFUSION_HOME")
-    if root:
-        return Path(root) / kind
-    return Path(getattr(platformdirs, f"user_{kind}_dir")(APP))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

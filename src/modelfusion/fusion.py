@@ -27,14 +27,7 @@ from .modes.vote import normalise
 from .panel import Member, Panel, PanelOptions
 from .providers.base import Provider, build_provider
 from .skills import Skill, member_text, resolve_skills, rubric_text
-from .types import (
-    FusionEvent,
-    FusionResult,
-    GenerationParams,
-    Message,
-    Timings,
-    to_messages,
-)
+from .types import FusionEvent, FusionResult, GenerationParams, Message, Timings, to_messages
 
 DEPTH_HEADER = "X-Fusion-Depth"
 SELF_FUSION_TEMPERATURE = 0.7
@@ -244,7 +237,7 @@ class Fusion:
         """Unknown provider, missing key, offline, a local model that can't load: fail now."""
         cfg = self.config.provider(provider)
         if cfg.kind == "local":
-            from .providers.local import check_model  # llama-cpp-python only when used
+            from .providers.local.runtime import check_model  # llama-cpp-python only when used
 
             check_model(model)
 

@@ -13,8 +13,8 @@ import ast
 import textwrap
 from dataclasses import dataclass
 
-from ..code import defines, extract_code
-from ..sandbox import run_python
+from ..code.extract import defines, extract_code
+from ..code.sandbox import run_python
 from .dataset import Problem
 
 TIMEOUT_S = 10.0

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
+from ..files import atomic_write
 from ..fusion import ProviderPool
 from ..providers.base import DeltaCallback, Provider
 from ..types import Completion, GenerationParams, Message, Usage
-from .store import atomic_write
 
 
 @dataclass(slots=True)

@@ -8,9 +8,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import UsageError
+from ..files import atomic_write
 from .dataset import EXTRA_HINT
 from .metrics import ConfigSummary, add_ratios, summarise
-from .store import RunDir, atomic_write
+from .store import RunDir
 
 KIND_ORDER = {"solo": 0, "fused": 1, "self": 2}
 LATENCY_NOTE = (

@@ -10,43 +10,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
 from ..errors import UsageError
+from ..files import atomic_write
 
 RECORDS = "records.jsonl"
 SETTINGS = "settings.json"
 OUTPUTS = ("results.json", "results.md", "chart.png")
 CALLS = "calls"
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp alone gives 0600
-
-
-def atomic_write(path: Path, data: str | bytes) -> None:
-    """Write to a temp file in the same folder, then rename over `path`: never half-written."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        with suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 class SettingsMismatch(UsageError):

@@ -34,9 +34,9 @@ import asyncio
 import time
 import weakref
 
-from ..checks import Check, CheckSpec, find_checks
-from ..code import defines, extract_code
-from ..harness import CheckRun, run_checks
+from ..code.checks import Check, CheckSpec, find_checks
+from ..code.extract import defines, extract_code
+from ..code.harness import CheckRun, run_checks
 from ..judge import Labeled, consensus_pick
 from ..types import CandidateChecks, CheckOutcome, ChecksReport, MemberResult
 from .base import ModeContext, ModeOutcome, register

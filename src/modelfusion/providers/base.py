@@ -72,4 +72,4 @@ def _load_builtin(kind: str) -> None:
     if kind == "openai_compat":
         from . import openai_compat  # noqa: F401
     elif kind == "local":
-        from . import local  # noqa: F401
+        from .local import runtime  # noqa: F401

@@ -25,7 +25,7 @@ from starlette.types import Receive, Scope, Send
 from ..config import DEFAULT_LOCAL_PRESET, Config, parse_spec
 from ..errors import UsageError
 from ..fusion import DEPTH_HEADER, ProviderPool
-from ..traces import AmbiguousTraceId
+from ..traces.schema import AmbiguousTraceId
 from .auth import check_bearer
 from .errors import ApiError, internal_error
 from .limits import FusionGate, read_body

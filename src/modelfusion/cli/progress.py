@@ -10,7 +10,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from .types import FusionEvent
+from ..types import FusionEvent
 
 STATUS_STYLE = {"waiting": "dim", "running": "cyan", "ok": "green", "failed": "red",
                 "cancelled": "yellow", "judging": "magenta", "done": "green"}

@@ -10,8 +10,9 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TimeRemainingColumn
 from rich.table import Table
 
-from . import local_models
-from .fusion import Fusion
+from ..fusion import Fusion
+from ..providers.local import catalog
+from .common import handle_errors
 
 
 def _bar(console: Console) -> Progress:
@@ -28,7 +29,7 @@ def assemble_with_progress(names: list[str], console: Console) -> None:
             def show(done: int, total: int, task: TaskID = task) -> None:
                 bar.update(task, completed=done, total=total)
 
-            local_models.resolve(name, progress=show)
+            catalog.resolve(name, progress=show)
 
 
 def prepare(fusion: Fusion, console: Console) -> None:
@@ -37,8 +38,8 @@ def prepare(fusion: Fusion, console: Console) -> None:
     for judge in (fusion.plan.judge, fusion.plan.fallback_judge):
         if judge is not None and judge.provider == "local":
             wanted.add(judge.model)
-    ready = {row["name"] for row in local_models.status() if row["assembled"]}
-    todo = sorted(n for n in wanted if not local_models.is_path_spec(n) and n not in ready)
+    ready = {row["name"] for row in catalog.status() if row["assembled"]}
+    todo = sorted(n for n in wanted if not catalog.is_path_spec(n) and n not in ready)
     if todo:
         assemble_with_progress(todo, console)
 
@@ -48,7 +49,7 @@ def models_table() -> Table:
     table.add_column("spec", no_wrap=True)
     for col in ("installed", "assembled", "size", "file"):
         table.add_column(col)
-    for row in local_models.status():
+    for row in catalog.status():
         installed = "yes" if row["installed"] else f"no ({len(row['missing'])} packages missing)"
         table.add_row(f"local:{row['name']}", installed, "yes" if row["assembled"] else "no",
                       f"{row['size'] / 1e6:,.0f} MB", row["path"])
@@ -56,7 +57,6 @@ def models_table() -> Table:
 
 
 def register(app: typer.Typer) -> None:
-    from .cli import handle_errors
 
     @app.command()
     @handle_errors
@@ -69,6 +69,6 @@ def register(app: typer.Typer) -> None:
         console = Console(stderr=True)
         with _bar(console) as bar:
             task = bar.add_task(f"verifying {name}", total=None)
-            path = local_models.pull(
+            path = catalog.pull(
                 name, progress=lambda done, total: bar.update(task, completed=done, total=total))
         console.print(f"local:{name} ready: {path}")

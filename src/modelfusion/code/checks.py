@@ -33,8 +33,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from .code import fences, parses
-from .types import Message
+from ..types import Message
+from .extract import fences, parses
 
 CheckKind = Literal["doctest", "assert", "example", "setup", "probe"]
 MAX_CHECKS = 64  # a request with more examples than this gets the first 64 checked

@@ -9,6 +9,7 @@ import typer
 
 from ..config import Config, load_config
 from ..errors import ConfigError, UsageError
+from .common import handle_errors
 
 
 def is_loopback(host: str) -> bool:
@@ -23,7 +24,7 @@ def is_loopback(host: str) -> bool:
 def allowed_providers(cfg: Config, given: list[str] | None, *, loopback: bool
                       ) -> frozenset[str] | None:
     """--allow-provider, else the default for where the server listens (None = all)."""
-    from .settings import default_allowed_providers
+    from ..server.settings import default_allowed_providers
 
     if given:
         if "*" in given:
@@ -59,9 +60,9 @@ def serve(
     """Serve the OpenAI-compatible API (/v1/chat/completions) and the web page (/)."""
     import uvicorn
 
-    from ..traces import TraceStore
-    from .app import create_app
-    from .settings import API_KEYS_ENV, ServerSettings, keys_from_env
+    from ..server.app import create_app
+    from ..server.settings import API_KEYS_ENV, ServerSettings, keys_from_env
+    from ..traces.store import TraceStore
 
     keys = keys_from_env()
     if not keys and not is_loopback(host) and not insecure:
@@ -91,6 +92,5 @@ def serve(
 
 
 def register(app: typer.Typer) -> None:
-    from ..cli import handle_errors
 
     app.command("serve")(handle_errors(serve))

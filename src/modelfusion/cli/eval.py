@@ -13,12 +13,13 @@ from rich.console import Console
 from rich.table import Table
 
 from ..config import load_config
-from . import dataset, report
-from .configs import build_configs
-from .grade import MEMORY_MB, TIMEOUT_S
-from .progress import EvalProgress
-from .runner import Runner
-from .store import RunDir
+from ..evals import dataset, report
+from ..evals.configs import build_configs
+from ..evals.grade import MEMORY_MB, TIMEOUT_S
+from ..evals.runner import Runner
+from ..evals.store import RunDir
+from .common import handle_errors
+from .eval_progress import EvalProgress
 
 # Embedded models are slow on small CPUs: an eval waits for them rather than scoring a
 # timeout as a wrong answer. Recorded in settings.json.
@@ -51,7 +52,6 @@ def _versions() -> dict[str, str | None]:
 
 
 def register(app: typer.Typer) -> None:
-    from ..cli import handle_errors
 
     @app.command("eval", help=HELP)
     @handle_errors
@@ -129,7 +129,7 @@ def register(app: typer.Typer) -> None:
         runner.records = run_dir.load_records()
         task_ids = [p.task_id for p in problems]
 
-        from ..local_cli import prepare as prepare_local_models
+        from .local import prepare as prepare_local_models
 
         for fusion in fusions.values():
             prepare_local_models(fusion, err)

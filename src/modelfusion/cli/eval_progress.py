@@ -10,8 +10,8 @@ from rich.console import Console, RenderableType
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .configs import EvalConfig
-from .dataset import Problem
+from ..evals.configs import EvalConfig
+from ..evals.dataset import Problem
 
 
 class _Bar(Progress):

@@ -1,7 +1,7 @@
 """The embedded, offline provider: GGUF models run in-process through llama-cpp-python.
 
 `local:qwen2.5-coder-0.5b` names a catalogue model (assembled from the shipped data
-packages, see local_models.py); `local:/path/to/model.gguf` loads a user's own file.
+packages, see catalog.py); `local:/path/to/model.gguf` loads a user's own file.
 
 How calls run (measured choices, see docs/local.md):
 - Loaded models live in one process-wide LRU cache bounded by a memory budget, so a judge
@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import local_models
-from ..config import ProviderConfig
-from ..errors import ProviderError, UsageError
-from ..types import Completion, GenerationParams, Message, Usage
-from .base import DeltaCallback, register_kind
+from ...config import ProviderConfig
+from ...errors import ProviderError, UsageError
+from ...types import Completion, GenerationParams, Message, Usage
+from ..base import DeltaCallback, register_kind
+from . import catalog
 
 # llama.cpp's OpenMP threads spin at every barrier. With libgomp's default spin count, one
 # busy core elsewhere slows decoding 3-10x; 3000 keeps idle-machine speed and degrades
@@ -128,7 +128,7 @@ def _require_llama_cpp() -> None:
     if llama_cpp is None:
         raise UsageError(
             "local: models need llama-cpp-python, which is not installed. "
-            f"Install the local extra: {local_models.INSTALL_HINT}"
+            f"Install the local extra: {catalog.INSTALL_HINT}"
         )
 
 
@@ -462,7 +462,7 @@ class LocalProvider:
                 cancel.set()
 
         # Assembling or hashing a catalogue model is file work: keep it off the decode thread.
-        path = await asyncio.to_thread(local_models.resolve, model)
+        path = await asyncio.to_thread(catalog.resolve, model)
         future = loop.run_in_executor(
             _DECODE_EXECUTOR, _run, path, model, messages, params, emit, cancel)
         try:
@@ -483,7 +483,7 @@ class LocalProvider:
 def check_model(model: str) -> None:
     """Fail fast (UsageError) if `local:<model>` cannot run here: for preflight in the CLI."""
     _require_llama_cpp()
-    local_models.check(model)
+    catalog.check(model)
 
 
 @register_kind("local")

@@ -5,58 +5,22 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Callable
-from functools import wraps
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.markdown import Markdown
-from rich.markup import escape
 from rich.panel import Panel as RichPanel
 from rich.table import Table
 
-from .config import load_config
-from .errors import AllMembersFailed, BudgetExceeded, FusionError, UsageError
-from .fusion import Fusion
-from .local_cli import prepare as prepare_local_models
-from .modes import MODES
+from ..config import load_config
+from ..errors import AllMembersFailed, BudgetExceeded, UsageError
+from ..fusion import Fusion
+from ..modes import MODES
+from ..types import FusionResult, Message
+from .common import cli_skills, err, handle_errors
+from .local import prepare as prepare_local_models
 from .progress import LiveProgress
-from .skills import Skill, repo_instructions
-from .types import FusionResult, Message
-
-app = typer.Typer(
-    help="One prompt, a panel of LLMs in parallel, one fused answer.\n\n"
-    "Models are written provider:model (openai:gpt-4o-mini, openrouter:meta-llama/llama-3.3-70b-"
-    "instruct, ollama:qwen2.5-coder, local:qwen2.5-coder-1.5b). With no -m and no --preset, "
-    "the default preset runs: embedded local models, no API key, nothing leaves the machine.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-err = Console(stderr=True)
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def handle_errors(fn: F) -> F:
-    """A user's mistake is one line and exit 2; a failed fusion is one line and exit 1."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except UsageError as e:
-            # escape: messages carry text like 'modelfusion[local]' that is not markup
-            err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
-            raise typer.Exit(2) from None
-        except FusionError as e:
-            err.print(f"[red]fusion failed ({e.code}):[/red] {escape(str(e))}", highlight=False)
-            raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            err.print("interrupted")
-            raise typer.Exit(130) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _read_prompt(prompt: str | None) -> str:
@@ -70,7 +34,6 @@ def _read_prompt(prompt: str | None) -> str:
     return prompt
 
 
-@app.command()
 @handle_errors
 def ask(
     prompt: Annotated[str | None, typer.Argument(help="The prompt; '-' or omit to read stdin.")]
@@ -129,7 +92,7 @@ def ask(
         deadline=deadline, quorum=quorum, rounds=rounds, seed=seed, max_cost=max_cost,
         max_total_tokens=max_total_tokens,
     )
-    from .traces import TraceStore  # SQLAlchemy loads only for commands that need it
+    from ..traces.store import TraceStore  # SQLAlchemy loads only for commands that need it
 
     system_prompt = fusion.plan.options.system
     messages = [*([Message("system", system_prompt)] if system_prompt else []),
@@ -148,18 +111,6 @@ def ask(
         trace_id = store.record(result, messages=messages, source="cli",
                                 preset=fusion.plan.preset)
     _print_result(result, as_json=as_json, show=show, trace_id=trace_id)
-
-
-def cli_skills(names: list[str] | None, from_repo: bool) -> tuple[str | Skill, ...] | None:
-    """--skill NAME... and --skills-from-repo as the `skills` option (None: not set)."""
-    skills: list[str | Skill] = list(names or [])
-    if from_repo:
-        found = repo_instructions()
-        if found is None:
-            raise UsageError("--skills-from-repo: no CLAUDE.md or AGENTS.md from here up to "
-                             "the repository root")
-        skills.append(found)
-    return tuple(skills) or None
 
 
 async def _run(fusion: Fusion, text: str, *, live: bool) -> FusionResult:
@@ -211,7 +162,6 @@ def _print_result(result: FusionResult, *, as_json: bool, show: bool,
     )
 
 
-@app.command()
 @handle_errors
 def models(
     config: Annotated[str | None, typer.Option(help="Config file.")] = None,
@@ -236,27 +186,11 @@ def models(
     out.print(presets)
     if cfg.source:
         out.print(f"[dim]config: {cfg.source}[/dim]")
-    from .local_cli import models_table
+    from .local import models_table
 
     out.print(models_table())
 
 
-from .evals.cli import register as register_eval_command  # noqa: E402
-from .local_cli import register as register_local_commands  # noqa: E402
-from .review.cli import register as register_review_command  # noqa: E402
-from .server.serve_cli import register as register_serve_command  # noqa: E402
-from .trace_cli import register as register_trace_commands  # noqa: E402
-
-register_local_commands(app)
-register_eval_command(app)
-register_serve_command(app)
-register_trace_commands(app)
-register_review_command(app)
-
-
-def main() -> None:
-    app()
-
-
-if __name__ == "__main__":
-    main()
+def register(app: typer.Typer) -> None:
+    app.command()(ask)
+    app.command()(models)

@@ -22,17 +22,15 @@ import base64
 import hashlib
 import importlib.metadata as md
 import json
-import os
 import shutil
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict
 
-from .config import home_dir
-from .errors import UsageError
+from ...errors import UsageError
+from ...files import atomic_open, atomic_write, home_dir
 
 Progress = Callable[[int, int], None]
 """Called as progress(bytes_done, bytes_total) while assembling or hashing."""
@@ -316,28 +314,18 @@ def _assemble_locked(e: CatalogEntry, progress: Progress | None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     _check_free_space(folder, e.size)
     target = folder / f"{e.name}.gguf"
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{e.name}.", suffix=".tmp", dir=folder)
-    tmp = Path(tmp_name)
-    try:
-        digest = hashlib.sha256()
-        done = 0
-        with os.fdopen(fd, "wb") as out:
-            for part in parts:
-                for chunk in _read_chunks(part):
-                    digest.update(chunk)
-                    out.write(chunk)
-                    done += len(chunk)
-                    if progress:
-                        progress(done, e.size)
-            out.flush()
-            os.fsync(out.fileno())  # the rename must never expose a half-written file
-            os.fchmod(out.fileno(), 0o644)  # mkstemp's 0600 would hide it from other users
+    digest = hashlib.sha256()
+    done = 0
+    with atomic_open(target) as out:  # the rename never exposes a half-written file
+        for part in parts:
+            for chunk in _read_chunks(part):
+                digest.update(chunk)
+                out.write(chunk)
+                done += len(chunk)
+                if progress:
+                    progress(done, e.size)
         if digest.hexdigest() != e.sha256:
             raise _integrity_error(e, parts, "the assembled file has the wrong sha256")
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     _write_sidecar(e, target)
     return target
 
@@ -387,10 +375,7 @@ def _write_sidecar(e: CatalogEntry, path: Path) -> None:
     size, mtime_ns, ctime_ns, ino = sig
     record = {"sha256": e.sha256, "size": size, "mtime_ns": mtime_ns,
               "ctime_ns": ctime_ns, "ino": ino}
-    side = _sidecar(path)
-    tmp = side.with_name(side.name + ".tmp")
-    tmp.write_text(json.dumps(record), encoding="utf-8")
-    os.replace(tmp, side)
+    atomic_write(_sidecar(path), json.dumps(record))
     _VERIFIED[path] = sig
 
 

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,18 +13,19 @@ from rich.console import Console
 
 from ..config import DEFAULT_LOCAL_PRESET
 from ..errors import UsageError
+from ..files import atomic_write
 from ..fusion import Fusion
+from ..review import report
+from ..review.diff import DEFAULT_CHUNK_CHARS, parse_diff, split
+from ..review.findings import MEMBER_SCHEMA, SEVERITIES, Finding, at_or_above, sort_findings
+from ..review.runner import REVIEW_SYSTEM, PartReview, read_diff, review_chunks
 from ..types import FusionEvent
-from . import report
-from .diff import DEFAULT_CHUNK_CHARS, parse_diff, split
-from .findings import MEMBER_SCHEMA, SEVERITIES, Finding, at_or_above, sort_findings
-from .runner import REVIEW_SYSTEM, PartReview, read_diff, review_chunks
+from .common import cli_skills, err, handle_errors
 
 REVIEW_DEADLINE = 600.0  # seconds per part: three local members and a judge on a busy CPU
 
 
 def register(app: typer.Typer) -> None:
-    from ..cli import cli_skills, err, handle_errors
 
     @app.command()
     @handle_errors
@@ -93,7 +91,7 @@ def register(app: typer.Typer) -> None:
                       "deletions).")
             _write([], {"models": "no model", "chunks": 0, "failed": 0}, fmt, output or [])
             return
-        from ..local_cli import prepare
+        from .local import prepare
 
         prepare(fusion, err)
         files = len({c.path for c in chunks})
@@ -165,7 +163,7 @@ def _write(findings: list[Finding], summary: dict[str, Any], fmt: str,
             sys.stdout.write(_render(findings, summary, fmt))
     for output in outputs:
         path = Path(output)
-        write_atomic(path, _render(findings, summary,
+        atomic_write(path, _render(findings, summary,
                                    SUFFIX_FORMATS.get(path.suffix.lower(), fmt)))
 
 
@@ -181,14 +179,3 @@ def _render(findings: list[Finding], summary: dict[str, Any], fmt: str) -> str:
     return buffer.getvalue()
 
 
-def write_atomic(target: Path, text: str) -> None:
-    """Nothing half-written: a CI step reading the file sees the old one or the new one."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise

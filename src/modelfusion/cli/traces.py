@@ -14,11 +14,12 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from .errors import UsageError
-from .types import JudgeResult, MemberResult
+from ..errors import UsageError
+from ..types import JudgeResult, MemberResult
+from .common import handle_errors
 
 if TYPE_CHECKING:  # traces pulls in SQLAlchemy: import it only when a command runs
-    from .traces import TraceRecord, TraceSummary
+    from ..traces.records import TraceRecord, TraceSummary
 
 DASH = "—"
 PROMPT_WIDTH = 60
@@ -33,9 +34,6 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 
 def register(app: typer.Typer) -> None:
     """Add `log` and `show` to the `fusion` app."""
-    # Imported here, not at the top: cli.py imports this module and calls register() after
-    # handle_errors exists, so there is no import cycle at load time.
-    from .cli import handle_errors
 
     app.command("log")(handle_errors(log_command))
     app.command("show")(handle_errors(show_command))
@@ -47,7 +45,7 @@ def log_command(
     as_json: JsonOption = False,
 ) -> None:
     """List recent fusions, newest first."""
-    from .traces import TraceStore
+    from ..traces.store import TraceStore
 
     with TraceStore.open(db) as store:
         rows = store.recent(limit)
@@ -70,7 +68,7 @@ def show_command(
     as_json: JsonOption = False,
 ) -> None:
     """Show one fusion: every member side by side, the judge, the analysis, the answer."""
-    from .traces import TraceStore
+    from ..traces.store import TraceStore
 
     with TraceStore.open(db) as store:
         record = store.get(trace_id)

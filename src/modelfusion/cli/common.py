@@ -1,0 +1,50 @@
+"""What every `fusion` command shares: the error console, the exit-code mapping, --skill."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from ..errors import FusionError, UsageError
+from ..skills import Skill, repo_instructions
+
+err = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handle_errors(fn: F) -> F:
+    """A user's mistake is one line and exit 2; a failed fusion is one line and exit 1."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UsageError as e:
+            # escape: messages carry text like 'modelfusion[local]' that is not markup
+            err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
+            raise typer.Exit(2) from None
+        except FusionError as e:
+            err.print(f"[red]fusion failed ({e.code}):[/red] {escape(str(e))}", highlight=False)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def cli_skills(names: list[str] | None, from_repo: bool) -> tuple[str | Skill, ...] | None:
+    """--skill NAME... and --skills-from-repo as the `skills` option (None: not set)."""
+    skills: list[str | Skill] = list(names or [])
+    if from_repo:
+        found = repo_instructions()
+        if found is None:
+            raise UsageError("--skills-from-repo: no CLAUDE.md or AGENTS.md from here up to "
+                             "the repository root")
+        skills.append(found)
+    return tuple(skills) or None
