@@ -18,7 +18,7 @@ from ..errors import AllMembersFailed, BudgetExceeded, UsageError
 from ..fusion import Fusion
 from ..modes import MODES
 from ..types import FusionResult, Message
-from .common import cli_skills, err, handle_errors
+from .common import cli_skills, cost_text, err, handle_errors
 from .local import prepare as prepare_local_models
 from .progress import LiveProgress
 
@@ -150,7 +150,7 @@ def _print_result(result: FusionResult, *, as_json: bool, show: bool,
         for line in result.checks.lines():
             err.print(line, markup=False, highlight=False)  # model output: never markup
     ok = sum(m.ok for m in result.members)
-    cost = f"${result.cost:.5f}" if result.cost is not None else "cost unknown"
+    cost = cost_text(result.cost)
     judge = result.judge
     judge_note = judge.status + (f" ({judge.reason})" if judge.reason else "")
     err.print(
@@ -173,7 +173,8 @@ def models(
     for col in ("name", "kind", "base url", "key"):
         providers.add_column(col)
     for p in cfg.providers.values():
-        providers.add_row(p.name, p.kind, p.base_url or "(SDK default)", p.key_status())
+        where = "(in-process)" if p.kind == "local" else p.base_url or "(SDK default)"
+        providers.add_row(p.name, p.kind, where, p.key_status())
     out.print(providers)
     presets = Table(title="presets", title_justify="left")
     for col in ("name", "models", "judge", "mode"):

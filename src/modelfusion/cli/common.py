@@ -48,3 +48,12 @@ def cli_skills(names: list[str] | None, from_repo: bool) -> tuple[str | Skill, .
                              "the repository root")
         skills.append(found)
     return tuple(skills) or None
+
+
+def cost_text(cost: float | None, unknown: str = "cost unknown") -> str:
+    """USD for a person: `$0` for free calls (embedded models), not `$0.00000`."""
+    if cost is None:
+        return unknown
+    if cost == 0:
+        return "$0"
+    return f"${cost:.5f}" if cost < 0.01 else f"${cost:.4f}"

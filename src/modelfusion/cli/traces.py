@@ -16,7 +16,7 @@ from rich.text import Text
 
 from ..errors import UsageError
 from ..types import JudgeResult, MemberResult
-from .common import handle_errors
+from .common import cost_text, handle_errors
 
 if TYPE_CHECKING:  # traces pulls in SQLAlchemy: import it only when a command runs
     from ..traces.records import TraceRecord, TraceSummary
@@ -241,7 +241,7 @@ def _votes_table(votes: dict[str, Any]) -> Table:
 
 
 def _cost(cost: float | None) -> str:
-    return f"${cost:.5f}" if cost is not None else DASH
+    return cost_text(cost, DASH)
 
 
 def _seconds(ms: float | None) -> str:

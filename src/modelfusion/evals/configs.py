@@ -31,6 +31,14 @@ class EvalConfig:
                 "mode": self.mode}
 
 
+def self_fusion_note(panel: list[str], self_fusion: str | None) -> str | None:
+    """Why the default self-fusion baseline is left out, for the user; None if it runs."""
+    if self_fusion is None and sum(parse_spec(s).count for s in panel) < 2:
+        return ("one-member panel: no self-fusion baseline (pass --self-fusion SPEC*N to "
+                "add one)")
+    return None
+
+
 def build_configs(panel: list[str], judge: str, modes: list[str],
                   self_fusion: str | None) -> list[EvalConfig]:
     """`self_fusion`: None = the default (judge model × seats), "none" = skip, else a spec."""
@@ -43,7 +51,9 @@ def build_configs(panel: list[str], judge: str, modes: list[str],
         raise UsageError(f"--mode given twice: {modes}")
     for mode in modes:
         configs.append(EvalConfig(f"fused {mode}", "fused", tuple(panel), judge, mode))
-    if self_fusion is None or self_fusion.lower() != "none":
+    if self_fusion is None and seats < 2:
+        pass  # one seat: nothing to sample it against (self_fusion_note says so)
+    elif self_fusion is None or self_fusion.lower() != "none":
         spec = parse_spec(self_fusion or parse_spec(judge).id)
         count = spec.count if self_fusion and "*" in self_fusion else seats
         if count < 2:
