@@ -142,6 +142,16 @@ class JudgeResult:
         }
 
 
+def spent(calls: Sequence[MemberResult | JudgeResult]) -> tuple[Usage, float | None]:
+    """The tokens and USD of these calls. The cost is None when any call that used tokens
+    (or reported a cost) has no known cost, or when none did: a partial sum would mislead."""
+    usage = sum((c.usage for c in calls), Usage())
+    costs = [c.cost for c in calls if c.usage.total_tokens or c.cost]
+    if not costs or any(c is None for c in costs):
+        return usage, None
+    return usage, sum(c for c in costs if c is not None)
+
+
 @dataclass(slots=True)
 class Timings:
     total_ms: float = 0.0
@@ -282,21 +292,13 @@ class FusionResult:
 
     @property
     def usage(self) -> Usage:
-        total = self.judge.usage
-        for m in self._all_members():
-            total = total + m.usage
-        return total
+        return spent([*self._all_members(), self.judge])[0]
 
     @property
     def cost(self) -> float | None:
         """Sum of known costs; None if any call that used tokens has no known cost."""
-        parts = [m for m in self._all_members() if m.usage.total_tokens or m.cost]
-        costs: list[float | None] = [m.cost for m in parts]
-        if self.judge.usage.total_tokens or self.judge.cost:
-            costs.append(self.judge.cost)
-        if not costs or any(c is None for c in costs):
-            return None
-        return round(sum(c for c in costs if c is not None), 8)
+        cost = spent([*self._all_members(), self.judge])[1]
+        return None if cost is None else round(cost, 8)
 
     def _all_members(self) -> list[MemberResult]:
         if self.rounds:

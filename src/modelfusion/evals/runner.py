@@ -15,7 +15,7 @@ from typing import Any
 from ..config import Config, parse_spec
 from ..errors import AllMembersFailed, BudgetExceeded
 from ..fusion import Fusion, ProviderPool
-from ..types import FusionResult, MemberResult, Usage
+from ..types import FusionResult, MemberResult, spent
 from .configs import EvalConfig
 from .dataset import Problem
 from .grade import Grade, candidate_code, grade
@@ -100,14 +100,12 @@ class Runner:
         finally:
             TALLY.reset(token)
         wall_ms = (time.monotonic() - started) * 1000
-        members = result.members if result is not None else list(
-            getattr(failure, "members", None) or [])
+        members = result.members if result is not None else failure.members if failure else []
         answer = result.answer if result is not None else None
         grades = await asyncio.gather(self._grade(problem, answer),
                                       *(self._grade(problem, m.content) for m in members))
         verdict, member_grades = grades[0], grades[1:]
-        usage = result.usage if result is not None else sum(
-            (m.usage for m in members), Usage())
+        usage = result.usage if result is not None else spent(members)[0]
         fusion_ms = result.timings.total_ms if result is not None else wall_ms
         return {
             "config": cfg.name, "task_id": problem.task_id, "seed": seed,

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from ..errors import RunError
 from ..types import (
     ChecksReport,
     FusionResult,
@@ -17,6 +18,7 @@ from ..types import (
     MemberResult,
     Message,
     Usage,
+    spent,
     to_messages,
 )
 from .schema import PREVIEW_CHARS
@@ -159,10 +161,8 @@ def _result_columns(r: FusionResult) -> dict[str, Any]:
 
 
 def _failure_columns(error: Exception | None, mode: str | None) -> dict[str, Any]:
-    members: list[MemberResult] = list(getattr(error, "members", None) or [])
-    usage = sum((m.usage for m in members), Usage())
-    costs = [m.cost for m in members if m.usage.total_tokens or m.cost]
-    cost = None if not costs or None in costs else sum(c for c in costs if c is not None)
+    members = list(error.members) if isinstance(error, RunError) else []
+    usage, cost = spent(members)
     ok = sum(m.ok for m in members)
     return {
         "mode": mode, "status": "failed", "answer": None, "chosen": None, "reason": None,
