@@ -109,6 +109,14 @@ class MemberResult:
             "attempts": self.attempts,
         }
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], *, index: int) -> MemberResult:
+        """Back from `to_dict()` (a trace); the index is the member's place in its list."""
+        return cls(index=index, model=d["model"], status=d["status"], reason=d.get("reason"),
+                   error=d.get("error"), content=d.get("content"),
+                   usage=Usage(**d.get("usage") or {}), latency_ms=d.get("latency_ms") or 0.0,
+                   cost=d.get("cost"), attempts=d.get("attempts") or 0)
+
 
 @dataclass(slots=True)
 class JudgeResult:
@@ -140,6 +148,16 @@ class JudgeResult:
             "defused": self.defused,
             "demoted": self.demoted,
         }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> JudgeResult:
+        return cls(model=d.get("model"), status=d.get("status", "ok"), reason=d.get("reason"),
+                   error=d.get("error"), usage=Usage(**d.get("usage") or {}),
+                   latency_ms=d.get("latency_ms") or 0.0, cost=d.get("cost"),
+                   labels=dict(d.get("labels") or {}), shuffle_seed=d.get("shuffle_seed"),
+                   # JSON keys are strings; member indexes are ints
+                   defused={int(k): list(v) for k, v in (d.get("defused") or {}).items()},
+                   demoted=list(d.get("demoted") or []))
 
 
 def spent(calls: Sequence[MemberResult | JudgeResult]) -> tuple[Usage, float | None]:

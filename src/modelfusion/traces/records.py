@@ -209,26 +209,8 @@ def _summary(row: Any) -> TraceSummary:
     )
 
 
-def _member(index: int, d: dict[str, Any]) -> MemberResult:
-    return MemberResult(
-        index=index, model=d["model"], status=d["status"], reason=d.get("reason"),
-        error=d.get("error"), content=d.get("content"), usage=Usage(**d.get("usage") or {}),
-        latency_ms=d.get("latency_ms") or 0.0, cost=d.get("cost"),
-        attempts=d.get("attempts") or 0,
-    )
-
-
-def _judge(d: dict[str, Any] | None) -> JudgeResult | None:
-    if d is None:
-        return None
-    return JudgeResult(
-        model=d.get("model"), status=d.get("status", "ok"), reason=d.get("reason"),
-        error=d.get("error"), usage=Usage(**d.get("usage") or {}),
-        latency_ms=d.get("latency_ms") or 0.0, cost=d.get("cost"),
-        labels=dict(d.get("labels") or {}), shuffle_seed=d.get("shuffle_seed"),
-        defused={int(k): list(v) for k, v in (d.get("defused") or {}).items()},
-        demoted=list(d.get("demoted") or []),
-    )
+def _members(rows: list[dict[str, Any]]) -> list[MemberResult]:
+    return [MemberResult.from_dict(d, index=i) for i, d in enumerate(rows)]
 
 
 def _record(row: Any) -> TraceRecord:
@@ -236,10 +218,10 @@ def _record(row: Any) -> TraceRecord:
         summary=_summary(row),
         messages=to_messages(row.messages) if row.messages is not None else None,
         answer=row.answer, chosen=row.chosen, reason=row.reason,
-        members=[_member(i, m) for i, m in enumerate(row.members or [])],
-        judge=_judge(row.judge), analysis=row.analysis, votes=row.votes,
-        rounds=[[_member(i, m) for i, m in enumerate(r)] for r in row.rounds]
-        if row.rounds else None,
+        members=_members(row.members or []),
+        judge=JudgeResult.from_dict(row.judge) if row.judge is not None else None,
+        analysis=row.analysis, votes=row.votes,
+        rounds=[_members(r) for r in row.rounds] if row.rounds else None,
         usage=Usage(row.prompt_tokens, row.completion_tokens),
         timings=dict(row.timings or {}), error_message=row.error_message,
         checks=ChecksReport.from_dict(row.checks) if row.checks else None,
