@@ -152,9 +152,9 @@ async def test_vote_counts_without_the_judge_when_answers_are_labels(upstream, f
     upstream.script("delta-model", "Ship!")
     result = await run(make(fake_config, models, mode="vote"), "ship or hold?")
     assert result.answer == "ship"
-    assert result.votes["summary"] == "ship: 3 of 4, 75 %"
-    assert result.votes["split"][1] == {"label": "hold", "count": 1, "share": 0.25,
-                                        "members": ["fake:gamma-model"]}
+    assert result.votes is not None and result.votes.summary == "ship: 3 of 4, 75 %"
+    assert result.votes.split[1].to_dict() == {"label": "hold", "count": 1, "share": 0.25,
+                                               "members": ["fake:gamma-model"]}
     assert upstream.calls("judge") == 0
 
 
@@ -174,7 +174,7 @@ async def test_vote_uses_the_judge_to_label_free_text_and_break_ties(upstream, f
 
     upstream.script("judge", judge)
     result = await run(make(fake_config, MEMBERS[:2], mode="vote"), "ship or hold?")
-    assert result.votes["tie"] is True
+    assert result.votes is not None and result.votes.tie is True
     assert result.answer == "hold"
     assert upstream.calls("judge") == 2
 

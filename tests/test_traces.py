@@ -150,7 +150,7 @@ async def test_every_mode_keeps_what_its_result_holds(store, upstream, fake_conf
     expected = result.to_dict()
     assert {k: kept.to_dict()[k] for k in expected} == expected
     if mode == "vote":
-        assert kept.votes is not None and kept.votes["winner"] == "yes"
+        assert kept.votes is not None and kept.votes.winner == "yes"
     if mode == "debate":
         assert kept.rounds is not None and len(kept.rounds) == 2
 

@@ -187,6 +187,47 @@ class Timings:
 
 
 @dataclass(slots=True)
+class VoteSplit:
+    """One answer's share of a vote."""
+
+    label: str  # the normalised answer
+    count: int
+    share: float  # count / total, 4 decimals
+    members: list[str]  # the member specs that gave it, in member order
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "count": self.count, "share": self.share,
+                "members": self.members}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> VoteSplit:
+        return cls(label=str(d.get("label", "")), count=int(d.get("count", 0)),
+                   share=float(d.get("share") or 0.0), members=list(d.get("members") or []))
+
+
+@dataclass(slots=True)
+class Votes:
+    """Vote mode's account: the winning label and how the panel split."""
+
+    winner: str
+    split: list[VoteSplit]  # most votes first
+    total: int  # members that voted
+    tie: bool  # the top was tied and the judge (or the fallback rule) broke it
+    summary: str  # "ship: 3 of 4, 75 %"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"winner": self.winner, "split": [s.to_dict() for s in self.split],
+                "total": self.total, "tie": self.tie, "summary": self.summary}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Votes:
+        return cls(winner=str(d.get("winner", "")),
+                   split=[VoteSplit.from_dict(s) for s in d.get("split") or []],
+                   total=int(d.get("total", 0)), tie=bool(d.get("tie")),
+                   summary=str(d.get("summary") or ""))
+
+
+@dataclass(slots=True)
 class CheckOutcome:
     """One visible check run against one candidate's code (verified mode)."""
 
@@ -300,7 +341,7 @@ class FusionResult:
     members: list[MemberResult]
     judge: JudgeResult
     analysis: dict[str, Any] | None = None
-    votes: dict[str, Any] | None = None
+    votes: Votes | None = None  # vote mode
     rounds: list[list[MemberResult]] | None = None
     reason: str | None = None  # the judge's stated reason for its choice (best-of)
     chosen: str | None = None  # the member spec whose answer was chosen verbatim (best-of)
@@ -333,7 +374,7 @@ class FusionResult:
             "members": [m.to_dict() for m in self.members],
             "judge": self.judge.to_dict(),
             "analysis": self.analysis,
-            "votes": self.votes,
+            "votes": self.votes.to_dict() if self.votes else None,
             "rounds": [[m.to_dict() for m in r] for r in self.rounds] if self.rounds else None,
             "checks": self.checks.to_dict() if self.checks else None,
             "usage": self.usage.to_dict(),

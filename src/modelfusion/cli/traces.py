@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import UsageError
-from ..types import JudgeResult, MemberResult
+from ..types import JudgeResult, MemberResult, Votes
 from .common import handle_errors
 
 if TYPE_CHECKING:  # traces pulls in SQLAlchemy: import it only when a command runs
@@ -221,19 +221,18 @@ def _analysis_table(analysis: dict[str, Any]) -> Table:
     return table
 
 
-def _votes_table(votes: dict[str, Any]) -> Table:
-    caption = votes.get("summary") or ""
-    if votes.get("tie"):
+def _votes_table(votes: Votes) -> Table:
+    caption = votes.summary
+    if votes.tie:
         caption += " (tie broken by the judge)"
     table = Table(title="votes", title_justify="left", caption=caption, caption_justify="left",
                   box=box.SIMPLE_HEAD)
     for name, justify in (("answer", "left"), ("votes", "right"), ("share", "right"),
                           ("members", "left")):
         table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
-    for row in votes.get("split") or []:
-        table.add_row(str(row.get("label")), str(row.get("count")),
-                      f"{100 * float(row.get('share') or 0):.0f} %",
-                      ", ".join(row.get("members") or []))
+    for row in votes.split:
+        table.add_row(row.label, str(row.count), f"{100 * row.share:.0f} %",
+                      ", ".join(row.members))
     return table
 
 

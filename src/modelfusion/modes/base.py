@@ -11,7 +11,7 @@ from typing import Any
 
 from ..judge import JUDGE_RULES, Judge, Labeled, anonymise, fence, render_request
 from ..panel import Emit, Member, Panel
-from ..types import ChecksReport, FusionEvent, MemberResult, Message
+from ..types import ChecksReport, FusionEvent, MemberResult, Message, Votes
 
 
 @dataclass(slots=True, kw_only=True)
@@ -52,7 +52,7 @@ class ModeContext:
 class ModeOutcome:
     answer: str
     analysis: dict[str, Any] | None = None
-    votes: dict[str, Any] | None = None
+    votes: Votes | None = None
     rounds: list[list[MemberResult]] | None = None
     chosen: str | None = None
     reason: str | None = None

@@ -18,6 +18,7 @@ from ..types import (
     MemberResult,
     Message,
     Usage,
+    Votes,
     spent,
     to_messages,
 )
@@ -80,7 +81,7 @@ class TraceRecord:
     members: list[MemberResult]
     judge: JudgeResult | None  # None for a failed fusion (no judge ran)
     analysis: dict[str, Any] | None
-    votes: dict[str, Any] | None
+    votes: Votes | None
     rounds: list[list[MemberResult]] | None
     usage: Usage
     timings: dict[str, float] = field(default_factory=dict)
@@ -105,7 +106,7 @@ class TraceRecord:
             "members": [m.to_dict() for m in self.members],
             "judge": self.judge.to_dict() if self.judge else None,
             "analysis": self.analysis,
-            "votes": self.votes,
+            "votes": self.votes.to_dict() if self.votes else None,
             "rounds": [[m.to_dict() for m in r] for r in self.rounds] if self.rounds else None,
             "checks": self.checks.to_dict() if self.checks else None,
             "usage": self.usage.to_dict(),
@@ -220,7 +221,8 @@ def _record(row: Any) -> TraceRecord:
         answer=row.answer, chosen=row.chosen, reason=row.reason,
         members=_members(row.members or []),
         judge=JudgeResult.from_dict(row.judge) if row.judge is not None else None,
-        analysis=row.analysis, votes=row.votes,
+        analysis=row.analysis,
+        votes=Votes.from_dict(row.votes) if row.votes is not None else None,
         rounds=[_members(r) for r in row.rounds] if row.rounds else None,
         usage=Usage(row.prompt_tokens, row.completion_tokens),
         timings=dict(row.timings or {}), error_message=row.error_message,
