@@ -121,7 +121,7 @@ async def test_merge_returns_analysis_and_answer(upstream, fake_config):
     upstream.script("judge", Reply("```json\n" + json.dumps(verdict) + "\n```"))
     result = await run(make(fake_config, mode="merge"), "q")
     assert result.answer == "Paris, with 2.1M people."
-    assert result.analysis == verdict["analysis"]
+    assert result.analysis is not None and result.analysis.to_dict() == verdict["analysis"]
     assert result.to_dict()["analysis"]["partial_coverage"] == ["only B gives population"]
 
 

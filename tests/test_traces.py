@@ -118,7 +118,8 @@ async def test_fusion_and_failure_round_trip(store, upstream, fake_config):
     kept = store.get(ok_id)
     assert kept is not None and kept.messages is not None
     assert kept.messages[0].content == PROMPT
-    assert kept.analysis == VERDICT["analysis"] and kept.answer == VERDICT["answer"]
+    assert kept.analysis is not None and kept.analysis.to_dict() == VERDICT["analysis"]
+    assert kept.answer == VERDICT["answer"]
     expected = result.to_dict()
     assert {k: kept.to_dict()[k] for k in expected} == expected  # the --json contract, intact
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:  # review imports the judge, which imports this module
+    from .review.findings import ReviewAnalysis
 
 Role = Literal["system", "user", "assistant"]
 
@@ -187,6 +190,34 @@ class Timings:
 
 
 @dataclass(slots=True)
+class Analysis:
+    """Merge's (and debate's) account of the candidates: short sentences, by section."""
+
+    consensus: list[str] = field(default_factory=list)  # points most candidates agree on
+    contradictions: list[str] = field(default_factory=list)  # and which side is right
+    partial_coverage: list[str] = field(default_factory=list)  # covered by only some
+    unique_insights: list[str] = field(default_factory=list)  # made by a single candidate
+    blind_spots: list[str] = field(default_factory=list)  # what every candidate missed
+
+    def to_dict(self) -> dict[str, list[str]]:
+        return {s: getattr(self, s) for s in ANALYSIS_SECTIONS}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Analysis:
+        """Lenient, as it also reads the judge's JSON: a missing section is empty, a single
+        item becomes a list of one, every item a string."""
+        sections: dict[str, list[str]] = {}
+        for s in ANALYSIS_SECTIONS:
+            items = d.get(s) or []
+            sections[s] = [str(x) for x in (items if isinstance(items, list) else [items])]
+        return cls(**sections)
+
+
+# The sections in the order the judge is asked for them and `fusion show` lists them.
+ANALYSIS_SECTIONS: tuple[str, ...] = tuple(f.name for f in fields(Analysis))
+
+
+@dataclass(slots=True)
 class VoteSplit:
     """One answer's share of a vote."""
 
@@ -340,7 +371,7 @@ class FusionResult:
     mode: str
     members: list[MemberResult]
     judge: JudgeResult
-    analysis: dict[str, Any] | None = None
+    analysis: Analysis | ReviewAnalysis | None = None  # merge and debate; review
     votes: Votes | None = None  # vote mode
     rounds: list[list[MemberResult]] | None = None
     reason: str | None = None  # the judge's stated reason for its choice (best-of)
@@ -373,7 +404,7 @@ class FusionResult:
             "reason": self.reason,
             "members": [m.to_dict() for m in self.members],
             "judge": self.judge.to_dict(),
-            "analysis": self.analysis,
+            "analysis": self.analysis.to_dict() if self.analysis else None,
             "votes": self.votes.to_dict() if self.votes else None,
             "rounds": [[m.to_dict() for m in r] for r in self.rounds] if self.rounds else None,
             "checks": self.checks.to_dict() if self.checks else None,

@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import UsageError
-from ..types import JudgeResult, MemberResult, Votes
+from ..types import ANALYSIS_SECTIONS, JudgeResult, MemberResult, Votes
 from .common import handle_errors
 
 if TYPE_CHECKING:  # traces pulls in SQLAlchemy: import it only when a command runs
@@ -23,8 +23,6 @@ if TYPE_CHECKING:  # traces pulls in SQLAlchemy: import it only when a command r
 
 DASH = "—"
 PROMPT_WIDTH = 60
-ANALYSIS_SECTIONS = ("consensus", "contradictions", "partial_coverage", "unique_insights",
-                     "blind_spots")
 
 DbOption = Annotated[str | None, typer.Option(
     "--db", help="Trace store URL (sqlite:///path or postgresql://...; default "
@@ -135,7 +133,7 @@ def _show(record: TraceRecord) -> Group:
     if record.judge is not None:
         parts.append(_judge_line(record.judge, record.members))
     if record.analysis:
-        parts.append(_analysis_table(record.analysis))
+        parts.append(_analysis_table(record.analysis.to_dict()))
     if record.votes:
         parts.append(_votes_table(record.votes))
     if record.checks:
@@ -208,6 +206,7 @@ def _judge_line(judge: JudgeResult, members: list[MemberResult]) -> Text:
 
 
 def _analysis_table(analysis: dict[str, Any]) -> Table:
+    """Merge's sections in their order, then any other mode's keys (review: findings...)."""
     table = Table(title="analysis", title_justify="left", box=box.SIMPLE_HEAD, show_header=False)
     table.add_column("section", style="bold", no_wrap=True)
     table.add_column("points", overflow="fold")

@@ -11,7 +11,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import RunError
+from ..review.findings import ReviewAnalysis
 from ..types import (
+    Analysis,
     ChecksReport,
     FusionResult,
     JudgeResult,
@@ -80,7 +82,7 @@ class TraceRecord:
     reason: str | None
     members: list[MemberResult]
     judge: JudgeResult | None  # None for a failed fusion (no judge ran)
-    analysis: dict[str, Any] | None
+    analysis: Analysis | ReviewAnalysis | None
     votes: Votes | None
     rounds: list[list[MemberResult]] | None
     usage: Usage
@@ -105,7 +107,7 @@ class TraceRecord:
             "reason": self.reason,
             "members": [m.to_dict() for m in self.members],
             "judge": self.judge.to_dict() if self.judge else None,
-            "analysis": self.analysis,
+            "analysis": self.analysis.to_dict() if self.analysis else None,
             "votes": self.votes.to_dict() if self.votes else None,
             "rounds": [[m.to_dict() for m in r] for r in self.rounds] if self.rounds else None,
             "checks": self.checks.to_dict() if self.checks else None,
@@ -214,6 +216,14 @@ def _members(rows: list[dict[str, Any]]) -> list[MemberResult]:
     return [MemberResult.from_dict(d, index=i) for i, d in enumerate(rows)]
 
 
+def _analysis(mode: str | None, d: dict[str, Any] | None) -> Analysis | ReviewAnalysis | None:
+    """Each mode keeps its own account in the one `analysis` column: review its findings,
+    merge and debate the judge's sections."""
+    if d is None:
+        return None
+    return ReviewAnalysis.from_dict(d) if mode == "review" else Analysis.from_dict(d)
+
+
 def _record(row: Any) -> TraceRecord:
     return TraceRecord(
         summary=_summary(row),
@@ -221,7 +231,7 @@ def _record(row: Any) -> TraceRecord:
         answer=row.answer, chosen=row.chosen, reason=row.reason,
         members=_members(row.members or []),
         judge=JudgeResult.from_dict(row.judge) if row.judge is not None else None,
-        analysis=row.analysis,
+        analysis=_analysis(row.mode, row.analysis),
         votes=Votes.from_dict(row.votes) if row.votes is not None else None,
         rounds=[_members(r) for r in row.rounds] if row.rounds else None,
         usage=Usage(row.prompt_tokens, row.completion_tokens),
