@@ -14,7 +14,7 @@ Role = Literal["system", "user", "assistant"]
 # Why a member produced no answer. Stable strings: tests, traces and users rely on them.
 FailureReason = Literal["timeout", "rate_limited", "upstream_error", "bad_response", "cancelled"]
 MemberStatus = Literal["pending", "ok", "failed", "cancelled"]
-JudgeStatus = Literal["ok", "fallback", "skipped", "failed"]
+JudgeStatus = Literal["ok", "fallback", "skipped"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,15 +20,13 @@ from .dataset import Problem
 TIMEOUT_S = 10.0
 MEMORY_MB = 1024
 
-# Why a candidate failed; stable strings (records.jsonl, results.json).
-ERROR_KINDS = ("no_answer", "no_code", "syntax_error", "wrong_answer", "runtime_error",
-               "timeout", "memory")
-
 
 @dataclass(frozen=True, slots=True)
 class Grade:
     passed: bool
-    error: str | None = None  # one of ERROR_KINDS when not passed
+    # Why it failed; stable strings (records.jsonl): no_answer, no_code, syntax_error,
+    # wrong_answer, runtime_error, timeout, memory.
+    error: str | None = None
     detail: str = ""  # the last line of the traceback, shortened
     duration_ms: float = 0.0
 
