@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal
 
+from .text import clip
+
 if TYPE_CHECKING:  # review imports the judge, which imports this module
     from .review.findings import ReviewAnalysis
 
@@ -318,12 +320,16 @@ class CandidateChecks:
         if failed and self.status in ("ran", "timeout") and failed[0].actual is not None:
             r = failed[0]
             want = f" expected {r.expected}," if r.expected else ""
-            parts.append(f"failed {_one_line(r.check)}:{want} got {_one_line(r.actual or '')}")
+            parts.append(f"failed {_line(r.check)}:{want} got {_line(r.actual or '')}")
         if self.error:
-            parts.append(_one_line(self.error))
+            parts.append(_line(self.error))
         if self.status == "ran" and not self.isolated:
             parts.append("sandbox without namespaces")
         return " · ".join(parts)
+
+
+def _line(text: str) -> str:
+    return clip(text, 80, one_line=True)
 
 
 @dataclass(slots=True)
@@ -356,11 +362,6 @@ class ChecksReport:
             return ["checks: none found in the request (no doctest examples, asserts or "
                     "f(x) == y lines)"]
         return [f"checks {c.line()}" for c in self.candidates]
-
-
-def _one_line(text: str, limit: int = 80) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @dataclass(slots=True)

@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import UsageError
+from ..text import clip
 from ..types import ANALYSIS_SECTIONS, JudgeResult, MemberResult, Votes
 from .common import handle_errors
 
@@ -98,7 +99,7 @@ def _log_table(rows: list[TraceSummary]) -> Table:
             _members_cell(r),
             _cost(r.cost),
             _seconds(r.total_ms),
-            _truncate(r.prompt_preview, PROMPT_WIDTH) if r.prompt_preview is not None else DASH,
+            clip(r.prompt_preview, PROMPT_WIDTH) if r.prompt_preview is not None else DASH,
         )
     return table
 
@@ -246,7 +247,3 @@ def _seconds(ms: float | None) -> str:
     if ms is None:
         return DASH
     return f"{ms / 1000:.2f}s" if ms < 10_000 else f"{ms / 1000:.1f}s"
-
-
-def _truncate(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"

@@ -13,7 +13,7 @@ import ast
 import textwrap
 from dataclasses import dataclass
 
-from ..code.extract import defines, extract_code
+from ..code.extract import defines, extract_code, parses
 from ..code.sandbox import run_python
 from .dataset import Problem
 
@@ -37,7 +37,7 @@ def candidate_code(answer: str) -> str:
     if code or not answer.strip():
         return code
     body = textwrap.dedent(answer).strip("\n")
-    return answer.strip("\n") + "\n" if _parses(body) else ""
+    return answer.strip("\n") + "\n" if parses(body) else ""
 
 
 def assemble(problem: Problem, code: str) -> str:
@@ -81,10 +81,3 @@ def _kind(last_line: str) -> str:
         return "memory"
     return "runtime_error"
 
-
-def _parses(code: str) -> bool:
-    try:
-        ast.parse(code)
-    except (SyntaxError, ValueError):
-        return False
-    return True
