@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from modelfusion import Fusion  # noqa: E402
 from modelfusion.review.diff import parse_diff, split  # noqa: E402
-from modelfusion.review.findings import MEMBER_SCHEMA, Finding  # noqa: E402
+from modelfusion.review.findings import MEMBER_SCHEMA, Finding, ReviewAnalysis  # noqa: E402
 from modelfusion.review.runner import REVIEW_SYSTEM, PartReview, prompt  # noqa: E402
 from seeded_bugs import Case, seeded_cases  # noqa: E402
 
@@ -68,7 +68,8 @@ async def review_case(fusion: Fusion, case: Case) -> dict[str, Any]:
         row.setdefault("replies", []).append(
             {m.model: m.content if m.ok else f"[{m.reason}]" for m in part.result.members})
         row["judge"] = part.result.judge.status
-        row["grouping"] = (part.result.analysis or {}).get("grouping")
+        analysis = part.result.analysis
+        row["grouping"] = analysis.grouping if isinstance(analysis, ReviewAnalysis) else None
     row["seconds"] = round(time.monotonic() - started, 1)
     row["fused"] = _hits(fused, case)
     row["fused_agree2"] = _hits([f for f in fused if f.agreed_by >= 2], case)

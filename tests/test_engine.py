@@ -121,7 +121,7 @@ async def test_merge_returns_analysis_and_answer(upstream, fake_config):
     upstream.script("judge", Reply("```json\n" + json.dumps(verdict) + "\n```"))
     result = await run(make(fake_config, mode="merge"), "q")
     assert result.answer == "Paris, with 2.1M people."
-    assert result.analysis == verdict["analysis"]
+    assert result.analysis is not None and result.analysis.to_dict() == verdict["analysis"]
     assert result.to_dict()["analysis"]["partial_coverage"] == ["only B gives population"]
 
 
@@ -152,9 +152,9 @@ async def test_vote_counts_without_the_judge_when_answers_are_labels(upstream, f
     upstream.script("delta-model", "Ship!")
     result = await run(make(fake_config, models, mode="vote"), "ship or hold?")
     assert result.answer == "ship"
-    assert result.votes["summary"] == "ship: 3 of 4, 75 %"
-    assert result.votes["split"][1] == {"label": "hold", "count": 1, "share": 0.25,
-                                        "members": ["fake:gamma-model"]}
+    assert result.votes is not None and result.votes.summary == "ship: 3 of 4, 75 %"
+    assert result.votes.split[1].to_dict() == {"label": "hold", "count": 1, "share": 0.25,
+                                               "members": ["fake:gamma-model"]}
     assert upstream.calls("judge") == 0
 
 
@@ -174,7 +174,7 @@ async def test_vote_uses_the_judge_to_label_free_text_and_break_ties(upstream, f
 
     upstream.script("judge", judge)
     result = await run(make(fake_config, MEMBERS[:2], mode="vote"), "ship or hold?")
-    assert result.votes["tie"] is True
+    assert result.votes is not None and result.votes.tie is True
     assert result.answer == "hold"
     assert upstream.calls("judge") == 2
 

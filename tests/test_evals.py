@@ -238,7 +238,7 @@ def test_interrupted_eval_resumes_with_only_the_missing_pairs(scripted, fake_con
 
     def record_then_ctrl_c(self, record):
         real_record(self, record)
-        seen.append((record["config"], record["task_id"]))
+        seen.append((record.config, record.task_id))
         if len(seen) == 6:  # HumanEval/0 done, HumanEval/40 half done
             raise KeyboardInterrupt
 

@@ -249,7 +249,7 @@ async def test_judge_groups_and_code_counts_agreement(upstream, fake_config):
     upstream.script("judge", verdict)
     result = await review(fake_config)
     assert result.mode == "review" and result.judge.status == "ok"
-    analysis = result.analysis
+    analysis = result.to_dict()["analysis"]
     assert analysis["grouping"] == "judge" and analysis["panel"] == 3
     agreed = sorted((f["agreed_by"], f["message"]) for f in analysis["findings"])
     # Whatever the judge claims about counts, agreement is counted from its grouping.
@@ -269,7 +269,7 @@ async def test_a_judge_that_fails_falls_back_to_nearby_grouping(upstream, fake_c
     upstream.script("judge", "not json at all")
     result = await review(fake_config)
     assert result.judge.status == "fallback" and result.judge.reason == "judge_not_valid_json"
-    analysis = result.analysis
+    analysis = result.to_dict()["analysis"]
     assert analysis["grouping"] == "nearby" and analysis["panel"] == 2
     assert analysis["unreadable"] == ["fake:c"]
     by_line = {f["line"]: f for f in analysis["findings"]}
@@ -291,7 +291,8 @@ async def test_a_judge_grouping_across_files_is_refused(upstream, fake_config):
     assert upstream.calls("judge") == 2  # refused, told why, refused again
     assert "mixes files" in upstream.requests[-1].messages[-1]["content"]
     assert result.judge.status == "fallback" and result.judge.reason == "judge_wrong_schema"
-    assert sorted((f["file"], f["agreed_by"]) for f in result.analysis["findings"]) == [
+    findings = result.to_dict()["analysis"]["findings"]
+    assert sorted((f["file"], f["agreed_by"]) for f in findings) == [
         ("added.py", 1), ("calc.py", 1)]
 
 
@@ -299,7 +300,8 @@ async def test_no_findings_means_no_judge(upstream, fake_config):
     for m in ("a", "b", "c"):
         upstream.script(m, findings_json())
     result = await review(fake_config)
-    assert result.analysis["findings"] == [] and result.analysis["panel"] == 3
+    analysis = result.to_dict()["analysis"]
+    assert analysis["findings"] == [] and analysis["panel"] == 3
     assert upstream.calls("judge") == 0
     assert result.judge.status == "skipped" and result.judge.reason == "nothing_to_merge"
 
@@ -310,7 +312,7 @@ async def test_review_rubric_from_skills_reaches_the_judge(upstream, fake_config
     upstream.script("judge", json.dumps({"groups": [{"ids": ["A1", "B1"], "severity": "high",
                                                      "message": "m", "suggestion": ""}]}))
     result = await review(fake_config, skills=("coding",))
-    assert result.analysis["findings"][0]["agreed_by"] == 2
+    assert result.to_dict()["analysis"]["findings"][0]["agreed_by"] == 2
     (judge,) = [r for r in upstream.requests if r.model == "judge"]
     assert "smallest correct change" in judge.messages[0]["content"]
 

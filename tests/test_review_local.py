@@ -22,7 +22,7 @@ async def test_local_review_of_a_seeded_bug(model_home):  # noqa: F811
                       max_tokens=256, judge_max_tokens=256, temperature=0.0, seed=7) as f:
         result = await f.run(prompt(chunk))
     assert [m.status for m in result.members] == ["ok", "ok"]
-    analysis = result.analysis
+    analysis = result.to_dict()["analysis"]
     # The grammar keeps replies to the schema; one cut off by max_tokens is listed, not lost.
     assert analysis["panel"] + len(analysis["unreadable"]) == 2
     assert analysis["panel"] >= 1

@@ -118,7 +118,8 @@ async def test_fusion_and_failure_round_trip(store, upstream, fake_config):
     kept = store.get(ok_id)
     assert kept is not None and kept.messages is not None
     assert kept.messages[0].content == PROMPT
-    assert kept.analysis == VERDICT["analysis"] and kept.answer == VERDICT["answer"]
+    assert kept.analysis is not None and kept.analysis.to_dict() == VERDICT["analysis"]
+    assert kept.answer == VERDICT["answer"]
     expected = result.to_dict()
     assert {k: kept.to_dict()[k] for k in expected} == expected  # the --json contract, intact
 
@@ -150,7 +151,7 @@ async def test_every_mode_keeps_what_its_result_holds(store, upstream, fake_conf
     expected = result.to_dict()
     assert {k: kept.to_dict()[k] for k in expected} == expected
     if mode == "vote":
-        assert kept.votes is not None and kept.votes["winner"] == "yes"
+        assert kept.votes is not None and kept.votes.winner == "yes"
     if mode == "debate":
         assert kept.rounds is not None and len(kept.rounds) == 2
 

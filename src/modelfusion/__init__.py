@@ -14,6 +14,7 @@ from .errors import (
 )
 from .fusion import Fusion, FusionOptions, ProviderPool
 from .types import (
+    Analysis,
     CandidateChecks,
     CheckOutcome,
     ChecksReport,
@@ -25,10 +26,13 @@ from .types import (
     MemberResult,
     Message,
     Usage,
+    Votes,
+    VoteSplit,
 )
 
 __all__ = [
     "AllMembersFailed",
+    "Analysis",
     "BudgetExceeded",
     "CandidateChecks",
     "CheckOutcome",
@@ -52,6 +56,8 @@ __all__ = [
     "RunError",
     "Usage",
     "UsageError",
+    "VoteSplit",
+    "Votes",
     "load_config",
 ]
 __version__ = "0.1.0"

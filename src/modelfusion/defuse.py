@@ -101,10 +101,6 @@ class Defused:
     text: str  # the judge's view of the candidate
     kinds: tuple[str, ...]  # what was removed, sorted; empty when nothing was
 
-    @property
-    def changed(self) -> bool:
-        return bool(self.kinds)
-
 
 @lru_cache(maxsize=64)  # fence() and defusals() look at the same answers
 def defuse(text: str) -> Defused:

@@ -64,16 +64,22 @@ class ProviderError(FusionError):
 
 
 class RunError(FusionError):
+    """The fusion as a whole failed. `members`: what each member did before it failed (empty
+    when none ran), so a failed fusion still reports and records what was spent."""
+
     code = "run_failed"
+
+    def __init__(self, message: str, *, members: list[MemberResult] | None = None) -> None:
+        super().__init__(message)
+        self.members: list[MemberResult] = members or []
 
 
 class AllMembersFailed(RunError):
     code = "all_members_failed"
 
     def __init__(self, members: list[MemberResult]) -> None:
-        self.members = members
         detail = "; ".join(f"{m.model}: {m.reason} ({m.error})" for m in members)
-        super().__init__(f"all members failed: {detail}")
+        super().__init__(f"all members failed: {detail}", members=members)
 
 
 class BudgetExceeded(RunError):
@@ -83,10 +89,9 @@ class BudgetExceeded(RunError):
 
     def __init__(self, message: str, *, spent_tokens: int, spent_cost: float,
                  members: list[MemberResult] | None = None) -> None:
-        super().__init__(message)
+        super().__init__(message, members=members)
         self.spent_tokens = spent_tokens
         self.spent_cost = spent_cost
-        self.members = members or []
 
 
 # Shapes of credentials an upstream may quote back in an error (Authorization headers,

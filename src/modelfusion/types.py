@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Literal
+
+from .text import clip
+
+if TYPE_CHECKING:  # review imports the judge, which imports this module
+    from .review.findings import ReviewAnalysis
 
 Role = Literal["system", "user", "assistant"]
 
 # Why a member produced no answer. Stable strings: tests, traces and users rely on them.
 FailureReason = Literal["timeout", "rate_limited", "upstream_error", "bad_response", "cancelled"]
 MemberStatus = Literal["pending", "ok", "failed", "cancelled"]
-JudgeStatus = Literal["ok", "fallback", "skipped", "failed"]
+JudgeStatus = Literal["ok", "fallback", "skipped"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +114,14 @@ class MemberResult:
             "attempts": self.attempts,
         }
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], *, index: int) -> MemberResult:
+        """Back from `to_dict()` (a trace); the index is the member's place in its list."""
+        return cls(index=index, model=d["model"], status=d["status"], reason=d.get("reason"),
+                   error=d.get("error"), content=d.get("content"),
+                   usage=Usage(**d.get("usage") or {}), latency_ms=d.get("latency_ms") or 0.0,
+                   cost=d.get("cost"), attempts=d.get("attempts") or 0)
+
 
 @dataclass(slots=True)
 class JudgeResult:
@@ -141,6 +154,26 @@ class JudgeResult:
             "demoted": self.demoted,
         }
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> JudgeResult:
+        return cls(model=d.get("model"), status=d.get("status", "ok"), reason=d.get("reason"),
+                   error=d.get("error"), usage=Usage(**d.get("usage") or {}),
+                   latency_ms=d.get("latency_ms") or 0.0, cost=d.get("cost"),
+                   labels=dict(d.get("labels") or {}), shuffle_seed=d.get("shuffle_seed"),
+                   # JSON keys are strings; member indexes are ints
+                   defused={int(k): list(v) for k, v in (d.get("defused") or {}).items()},
+                   demoted=list(d.get("demoted") or []))
+
+
+def spent(calls: Sequence[MemberResult | JudgeResult]) -> tuple[Usage, float | None]:
+    """The tokens and USD of these calls. The cost is None when any call that used tokens
+    (or reported a cost) has no known cost, or when none did: a partial sum would mislead."""
+    usage = sum((c.usage for c in calls), Usage())
+    costs = [c.cost for c in calls if c.usage.total_tokens or c.cost]
+    if not costs or any(c is None for c in costs):
+        return usage, None
+    return usage, sum(c for c in costs if c is not None)
+
 
 @dataclass(slots=True)
 class Timings:
@@ -156,6 +189,75 @@ class Timings:
         d = {k: round(v, 2) for k, v in asdict(self).items()}
         d["overhead_ms"] = round(self.overhead_ms, 2)
         return d
+
+
+@dataclass(slots=True)
+class Analysis:
+    """Merge's (and debate's) account of the candidates: short sentences, by section."""
+
+    consensus: list[str] = field(default_factory=list)  # points most candidates agree on
+    contradictions: list[str] = field(default_factory=list)  # and which side is right
+    partial_coverage: list[str] = field(default_factory=list)  # covered by only some
+    unique_insights: list[str] = field(default_factory=list)  # made by a single candidate
+    blind_spots: list[str] = field(default_factory=list)  # what every candidate missed
+
+    def to_dict(self) -> dict[str, list[str]]:
+        return {s: getattr(self, s) for s in ANALYSIS_SECTIONS}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Analysis:
+        """Lenient, as it also reads the judge's JSON: a missing section is empty, a single
+        item becomes a list of one, every item a string."""
+        sections: dict[str, list[str]] = {}
+        for s in ANALYSIS_SECTIONS:
+            items = d.get(s) or []
+            sections[s] = [str(x) for x in (items if isinstance(items, list) else [items])]
+        return cls(**sections)
+
+
+# The sections in the order the judge is asked for them and `fusion show` lists them.
+ANALYSIS_SECTIONS: tuple[str, ...] = tuple(f.name for f in fields(Analysis))
+
+
+@dataclass(slots=True)
+class VoteSplit:
+    """One answer's share of a vote."""
+
+    label: str  # the normalised answer
+    count: int
+    share: float  # count / total, 4 decimals
+    members: list[str]  # the member specs that gave it, in member order
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "count": self.count, "share": self.share,
+                "members": self.members}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> VoteSplit:
+        return cls(label=str(d.get("label", "")), count=int(d.get("count", 0)),
+                   share=float(d.get("share") or 0.0), members=list(d.get("members") or []))
+
+
+@dataclass(slots=True)
+class Votes:
+    """Vote mode's account: the winning label and how the panel split."""
+
+    winner: str
+    split: list[VoteSplit]  # most votes first
+    total: int  # members that voted
+    tie: bool  # the top was tied and the judge (or the fallback rule) broke it
+    summary: str  # "ship: 3 of 4, 75 %"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"winner": self.winner, "split": [s.to_dict() for s in self.split],
+                "total": self.total, "tie": self.tie, "summary": self.summary}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Votes:
+        return cls(winner=str(d.get("winner", "")),
+                   split=[VoteSplit.from_dict(s) for s in d.get("split") or []],
+                   total=int(d.get("total", 0)), tie=bool(d.get("tie")),
+                   summary=str(d.get("summary") or ""))
 
 
 @dataclass(slots=True)
@@ -218,12 +320,16 @@ class CandidateChecks:
         if failed and self.status in ("ran", "timeout") and failed[0].actual is not None:
             r = failed[0]
             want = f" expected {r.expected}," if r.expected else ""
-            parts.append(f"failed {_one_line(r.check)}:{want} got {_one_line(r.actual or '')}")
+            parts.append(f"failed {_line(r.check)}:{want} got {_line(r.actual or '')}")
         if self.error:
-            parts.append(_one_line(self.error))
+            parts.append(_line(self.error))
         if self.status == "ran" and not self.isolated:
             parts.append("sandbox without namespaces")
         return " · ".join(parts)
+
+
+def _line(text: str) -> str:
+    return clip(text, 80, one_line=True)
 
 
 @dataclass(slots=True)
@@ -258,11 +364,6 @@ class ChecksReport:
         return [f"checks {c.line()}" for c in self.candidates]
 
 
-def _one_line(text: str, limit: int = 80) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 @dataclass(slots=True)
 class FusionResult:
     """Everything that happened in one fusion. `to_dict()` is the `fusion ask --json` contract."""
@@ -271,8 +372,8 @@ class FusionResult:
     mode: str
     members: list[MemberResult]
     judge: JudgeResult
-    analysis: dict[str, Any] | None = None
-    votes: dict[str, Any] | None = None
+    analysis: Analysis | ReviewAnalysis | None = None  # merge and debate; review
+    votes: Votes | None = None  # vote mode
     rounds: list[list[MemberResult]] | None = None
     reason: str | None = None  # the judge's stated reason for its choice (best-of)
     chosen: str | None = None  # the member spec whose answer was chosen verbatim (best-of)
@@ -282,21 +383,13 @@ class FusionResult:
 
     @property
     def usage(self) -> Usage:
-        total = self.judge.usage
-        for m in self._all_members():
-            total = total + m.usage
-        return total
+        return spent([*self._all_members(), self.judge])[0]
 
     @property
     def cost(self) -> float | None:
         """Sum of known costs; None if any call that used tokens has no known cost."""
-        parts = [m for m in self._all_members() if m.usage.total_tokens or m.cost]
-        costs: list[float | None] = [m.cost for m in parts]
-        if self.judge.usage.total_tokens or self.judge.cost:
-            costs.append(self.judge.cost)
-        if not costs or any(c is None for c in costs):
-            return None
-        return round(sum(c for c in costs if c is not None), 8)
+        cost = spent([*self._all_members(), self.judge])[1]
+        return None if cost is None else round(cost, 8)
 
     def _all_members(self) -> list[MemberResult]:
         if self.rounds:
@@ -312,8 +405,8 @@ class FusionResult:
             "reason": self.reason,
             "members": [m.to_dict() for m in self.members],
             "judge": self.judge.to_dict(),
-            "analysis": self.analysis,
-            "votes": self.votes,
+            "analysis": self.analysis.to_dict() if self.analysis else None,
+            "votes": self.votes.to_dict() if self.votes else None,
             "rounds": [[m.to_dict() for m in r] for r in self.rounds] if self.rounds else None,
             "checks": self.checks.to_dict() if self.checks else None,
             "usage": self.usage.to_dict(),

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from ..evals.configs import EvalConfig
 from ..evals.dataset import Problem
+from ..evals.record import EvalRecord
 
 
 class _Bar(Progress):
@@ -24,7 +25,7 @@ class _Bar(Progress):
 
 class EvalProgress:
     def __init__(self, console: Console, configs: Sequence[EvalConfig], task_ids: Sequence[str],
-                 records: Mapping[tuple[str, str], Mapping[str, Any]]) -> None:
+                 records: Mapping[tuple[str, str], EvalRecord]) -> None:
         self.console = console
         self.configs = configs
         self.task_ids = task_ids
@@ -49,7 +50,7 @@ class EvalProgress:
 
     def _score(self, name: str) -> tuple[int, int]:
         rows = [self.records[(name, t)] for t in self.task_ids if (name, t) in self.records]
-        return sum(bool(r["passed"]) for r in rows), len(rows)
+        return sum(bool(r.passed) for r in rows), len(rows)
 
     def _scores(self) -> Table:
         table = Table.grid(padding=(0, 2))
@@ -62,13 +63,13 @@ class EvalProgress:
     def start(self, cfg: EvalConfig, problem: Problem) -> None:
         self._bar.update(self._task, description=f"{problem.task_id} · {cfg.name}")
 
-    def record(self, record: Mapping[str, Any]) -> None:
+    def record(self, record: EvalRecord) -> None:
         self._bar.scores = self._scores()
         self._bar.update(self._task, completed=self._done())
         if not self.live:
-            passed, n = self._score(record["config"])
-            status = "passed" if record["passed"] else f"failed ({record['error']})"
+            passed, n = self._score(record.config)
+            status = "passed" if record.passed else f"failed ({record.error})"
             self.console.print(
-                f"[{self._done()}/{self.total}] {record['task_id']} · {record['config']}: "
-                f"{status}, {record['latency_ms'] / 1000:.1f} s · pass@1 so far "
+                f"[{self._done()}/{self.total}] {record.task_id} · {record.config}: "
+                f"{status}, {record.latency_ms / 1000:.1f} s · pass@1 so far "
                 f"{passed}/{n}", highlight=False, soft_wrap=True)

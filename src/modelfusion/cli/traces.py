@@ -15,7 +15,8 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import UsageError
-from ..types import JudgeResult, MemberResult
+from ..text import clip
+from ..types import ANALYSIS_SECTIONS, JudgeResult, MemberResult, Votes
 from .common import cost_text, handle_errors
 
 if TYPE_CHECKING:  # traces pulls in SQLAlchemy: import it only when a command runs
@@ -23,8 +24,6 @@ if TYPE_CHECKING:  # traces pulls in SQLAlchemy: import it only when a command r
 
 DASH = "—"
 PROMPT_WIDTH = 60
-ANALYSIS_SECTIONS = ("consensus", "contradictions", "partial_coverage", "unique_insights",
-                     "blind_spots")
 
 DbOption = Annotated[str | None, typer.Option(
     "--db", help="Trace store URL (sqlite:///path or postgresql://...; default "
@@ -100,7 +99,7 @@ def _log_table(rows: list[TraceSummary]) -> Table:
             _members_cell(r),
             _cost(r.cost),
             _seconds(r.total_ms),
-            _truncate(r.prompt_preview, PROMPT_WIDTH) if r.prompt_preview is not None else DASH,
+            clip(r.prompt_preview, PROMPT_WIDTH) if r.prompt_preview is not None else DASH,
         )
     return table
 
@@ -135,7 +134,7 @@ def _show(record: TraceRecord) -> Group:
     if record.judge is not None:
         parts.append(_judge_line(record.judge, record.members))
     if record.analysis:
-        parts.append(_analysis_table(record.analysis))
+        parts.append(_analysis_table(record.analysis.to_dict()))
     if record.votes:
         parts.append(_votes_table(record.votes))
     if record.checks:
@@ -208,6 +207,7 @@ def _judge_line(judge: JudgeResult, members: list[MemberResult]) -> Text:
 
 
 def _analysis_table(analysis: dict[str, Any]) -> Table:
+    """Merge's sections in their order, then any other mode's keys (review: findings...)."""
     table = Table(title="analysis", title_justify="left", box=box.SIMPLE_HEAD, show_header=False)
     table.add_column("section", style="bold", no_wrap=True)
     table.add_column("points", overflow="fold")
@@ -221,19 +221,18 @@ def _analysis_table(analysis: dict[str, Any]) -> Table:
     return table
 
 
-def _votes_table(votes: dict[str, Any]) -> Table:
-    caption = votes.get("summary") or ""
-    if votes.get("tie"):
+def _votes_table(votes: Votes) -> Table:
+    caption = votes.summary
+    if votes.tie:
         caption += " (tie broken by the judge)"
     table = Table(title="votes", title_justify="left", caption=caption, caption_justify="left",
                   box=box.SIMPLE_HEAD)
     for name, justify in (("answer", "left"), ("votes", "right"), ("share", "right"),
                           ("members", "left")):
         table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
-    for row in votes.get("split") or []:
-        table.add_row(str(row.get("label")), str(row.get("count")),
-                      f"{100 * float(row.get('share') or 0):.0f} %",
-                      ", ".join(row.get("members") or []))
+    for row in votes.split:
+        table.add_row(row.label, str(row.count), f"{100 * row.share:.0f} %",
+                      ", ".join(row.members))
     return table
 
 
@@ -248,7 +247,3 @@ def _seconds(ms: float | None) -> str:
     if ms is None:
         return DASH
     return f"{ms / 1000:.2f}s" if ms < 10_000 else f"{ms / 1000:.1f}s"
-
-
-def _truncate(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"

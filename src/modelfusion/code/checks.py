@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..types import Message
-from .extract import fences, parses
+from .extract import PYTHON_TAGS, fences, parses
 
 CheckKind = Literal["doctest", "assert", "example", "setup", "probe"]
 MAX_CHECKS = 64  # a request with more examples than this gets the first 64 checked
@@ -43,7 +43,7 @@ MAX_CHARS = 100_000  # of each message: the parsing below must stay cheap on any
 # together: a failing parse of a big text is slow (CPython parses it twice to explain).
 _PARSE_BUDGET = 300_000
 
-_PYTHON_TAGS = {"python", "py", "python3", "pycon", ""}
+_CODE_TAGS = PYTHON_TAGS | {"pycon"}  # a request may show its examples as a pycon session
 _ARROW = re.compile(r"^\s*(?P<lhs>[A-Za-z_]\w*\s*\(.*\))\s*(?:==>|=>|==|➞|→|->|#\s*returns?)"
                     r"\s*(?P<rhs>.+?)\s*[.,;]?\s*$")
 _CALL = re.compile(r"(?<![\w.])([A-Za-z_]\w*)\(")
@@ -129,7 +129,7 @@ def _segments(text: str) -> tuple[list[str], list[str]]:
         prose.append(text[pos:m.start()])
         pos = m.end()
         body = m.group(3)
-        (code if m.group(2).lower() in _PYTHON_TAGS and parses(body) else prose).append(body)
+        (code if m.group(2).lower() in _CODE_TAGS and parses(body) else prose).append(body)
     prose.append(text[pos:])
     return code, prose
 

@@ -7,7 +7,13 @@ import re
 
 _FENCE = re.compile(r"^[ \t]*(`{3,}|~{3,})[ \t]*([\w+.-]*)[^\n]*\n(.*?)^[ \t]*\1[ \t]*$",
                     re.MULTILINE | re.DOTALL)
-_PYTHON_TAGS = {"python", "py", "python3", ""}
+# Info tags of a fence that holds a Python program ("" = untagged). checks.py adds "pycon"
+# (a doctest session) for the request's examples; an answer's program is never one.
+PYTHON_TAGS = frozenset({"python", "py", "python3", ""})
+# An opened fence never closed (an answer cut off by max_tokens), untagged or tagged Python.
+_OPENED = re.compile(r"^[ \t]*```[ \t]*(?:"
+                     + "|".join(sorted((t for t in PYTHON_TAGS if t), key=len, reverse=True))
+                     + r")?[ \t]*\n", re.MULTILINE | re.IGNORECASE)
 
 
 def fences(text: str) -> list[re.Match[str]]:
@@ -32,10 +38,9 @@ def extract_code(answer: str) -> str:
     the answer itself if it parses as Python, else "" (no code found).
     """
     blocks = [m.group(3) for m in _FENCE.finditer(answer)
-              if m.group(2).lower() in _PYTHON_TAGS]
+              if m.group(2).lower() in PYTHON_TAGS]
     if not blocks:
-        opened = re.search(r"^[ \t]*```[ \t]*(?:python|py|python3)?[ \t]*\n", answer,
-                           re.MULTILINE | re.IGNORECASE)
+        opened = _OPENED.search(answer)
         if opened:
             blocks = [answer[opened.end():]]
     if blocks:

@@ -97,24 +97,22 @@ def _read(path: Path) -> str:
 
 
 async def run_python(code: str, *, timeout: float = DEFAULT_TIMEOUT_S,
-                     memory_mb: int = DEFAULT_MEMORY_MB, stdin: str | None = None
-                     ) -> SandboxResult:
+                     memory_mb: int = DEFAULT_MEMORY_MB) -> SandboxResult:
     """Run `code` as a script in a sandboxed child; wait at most `timeout` seconds."""
     prefix = await asyncio.to_thread(namespace_prefix)
     with tempfile.TemporaryDirectory(prefix="fusion-sandbox-") as tmp:
         work = Path(tmp)
         (work / "candidate.py").write_text(code, encoding="utf-8")
-        (work / "stdin.txt").write_text(stdin or "", encoding="utf-8")
         limits = (str(memory_mb * 1024 * 1024), str(max(1, int(timeout) + 1)),
                   str(_MAX_FILE_BYTES))
         # Output goes to files (bounded by RLIMIT_FSIZE), not pipes we would have to drain.
-        with (work / "stdin.txt").open("rb") as fin, (work / "stdout.txt").open("wb") as fout, \
-                (work / "stderr.txt").open("wb") as ferr:
+        with (work / "stdout.txt").open("wb") as fout, (work / "stderr.txt").open("wb") as ferr:
             started = time.monotonic()
             proc = await asyncio.create_subprocess_exec(
                 *prefix, sys.executable, "-I", "-c", _RUNNER, *limits,
-                cwd=tmp, env=_clean_env(tmp), stdin=fin, stdout=fout, stderr=ferr,
-                start_new_session=True,
+                # Nothing to read: input() in model code gets EOF at once instead of waiting.
+                cwd=tmp, env=_clean_env(tmp), stdin=asyncio.subprocess.DEVNULL, stdout=fout,
+                stderr=ferr, start_new_session=True,
             )
             timed_out = False
             try:

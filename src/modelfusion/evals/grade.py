@@ -13,22 +13,20 @@ import ast
 import textwrap
 from dataclasses import dataclass
 
-from ..code.extract import defines, extract_code
+from ..code.extract import defines, extract_code, parses
 from ..code.sandbox import run_python
 from .dataset import Problem
 
 TIMEOUT_S = 10.0
 MEMORY_MB = 1024
 
-# Why a candidate failed; stable strings (records.jsonl, results.json).
-ERROR_KINDS = ("no_answer", "no_code", "syntax_error", "wrong_answer", "runtime_error",
-               "timeout", "memory")
-
 
 @dataclass(frozen=True, slots=True)
 class Grade:
     passed: bool
-    error: str | None = None  # one of ERROR_KINDS when not passed
+    # Why it failed; stable strings (records.jsonl): no_answer, no_code, syntax_error,
+    # wrong_answer, runtime_error, timeout, memory.
+    error: str | None = None
     detail: str = ""  # the last line of the traceback, shortened
     duration_ms: float = 0.0
 
@@ -39,7 +37,7 @@ def candidate_code(answer: str) -> str:
     if code or not answer.strip():
         return code
     body = textwrap.dedent(answer).strip("\n")
-    return answer.strip("\n") + "\n" if _parses(body) else ""
+    return answer.strip("\n") + "\n" if parses(body) else ""
 
 
 def assemble(problem: Problem, code: str) -> str:
@@ -83,10 +81,3 @@ def _kind(last_line: str) -> str:
         return "memory"
     return "runtime_error"
 
-
-def _parses(code: str) -> bool:
-    try:
-        ast.parse(code)
-    except (SyntaxError, ValueError):
-        return False
-    return True

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from math import comb
 from typing import Any
+
+from .record import EvalRecord
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -47,21 +49,21 @@ class ConfigSummary:
         return d
 
 
-def summarise(name: str, kind: str, records: Sequence[Mapping[str, Any]]) -> ConfigSummary:
+def summarise(name: str, kind: str, records: Sequence[EvalRecord]) -> ConfigSummary:
     """One config's figures from its records (one per problem, one sample each)."""
-    latencies = [r["latency_ms"] / 1000 for r in records]
-    costs = [r.get("cost") for r in records]
-    tokens = sum(r["tokens"]["prompt"] + r["tokens"]["completion"] for r in records)
-    passed = sum(bool(r["passed"]) for r in records)
+    latencies = [r.latency_ms / 1000 for r in records]
+    costs = [r.cost for r in records]
+    tokens = sum(r.tokens.total_tokens for r in records)
+    passed = sum(bool(r.passed) for r in records)
     n = len(records)
     return ConfigSummary(
         name=name, kind=kind, n=n, passed=passed,
-        pass_at_1=mean_pass_at_k(((1, int(bool(r["passed"]))) for r in records), 1),
+        pass_at_1=mean_pass_at_k(((1, int(bool(r.passed))) for r in records), 1),
         tokens=tokens, tokens_mean=tokens / n if n else 0.0,
         cost=None if any(c is None for c in costs) else round(sum(costs), 8),  # type: ignore[arg-type]
         latency_p50_s=statistics.median(latencies) if latencies else 0.0,
         latency_mean_s=statistics.fmean(latencies) if latencies else 0.0,
-        replayed_calls=sum(r.get("replayed_calls", 0) for r in records),
+        replayed_calls=sum(r.replayed_calls for r in records),
     )
 
 

@@ -11,6 +11,7 @@ from ..errors import UsageError
 from ..files import atomic_write
 from .dataset import EXTRA_HINT
 from .metrics import ConfigSummary, add_ratios, summarise
+from .record import EvalRecord
 from .store import RunDir
 
 KIND_ORDER = {"solo": 0, "fused": 1, "self": 2}
@@ -29,7 +30,7 @@ def require_matplotlib() -> None:
 
 
 def summaries(settings: Mapping[str, Any], task_ids: Sequence[str],
-              records: Mapping[tuple[str, str], Mapping[str, Any]]
+              records: Mapping[tuple[str, str], EvalRecord]
               ) -> tuple[list[ConfigSummary], ConfigSummary | None]:
     """One summary per config known to the folder, over this run's problems."""
     names = sorted(settings["configs"],
@@ -42,7 +43,7 @@ def summaries(settings: Mapping[str, Any], task_ids: Sequence[str],
 
 
 def write(run_dir: RunDir, settings: Mapping[str, Any], task_ids: Sequence[str],
-          records: Mapping[tuple[str, str], Mapping[str, Any]]) -> list[ConfigSummary]:
+          records: Mapping[tuple[str, str], EvalRecord]) -> list[ConfigSummary]:
     rows, ref = summaries(settings, task_ids, records)
     results = {
         "dataset": settings["dataset"],

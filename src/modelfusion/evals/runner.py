@@ -15,15 +15,15 @@ from typing import Any
 from ..config import Config, parse_spec
 from ..errors import AllMembersFailed, BudgetExceeded
 from ..fusion import Fusion, ProviderPool
-from ..types import FusionResult, MemberResult, Usage
+from ..types import FusionResult, MemberResult, spent
 from .configs import EvalConfig
 from .dataset import Problem
 from .grade import Grade, candidate_code, grade
+from .record import EvalMember, EvalRecord
 from .replay import TALLY, CallCache, LivePool, ReplayPool, ReplayTally
 from .store import RunDir
 
-Record = dict[str, Any]
-RecordHook = Callable[[Record], None]
+RecordHook = Callable[[EvalRecord], None]
 
 
 def problem_seed(seed: int, problem: Problem) -> int:
@@ -41,7 +41,7 @@ class Runner:
     options: dict[str, Any]
     seed: int
     replay: bool
-    records: dict[tuple[str, str], Record]
+    records: dict[tuple[str, str], EvalRecord]
     on_start: Callable[[EvalConfig, Problem], None] | None = None
     on_record: RecordHook | None = None
     on_problem: Callable[[], object] | None = None
@@ -85,7 +85,7 @@ class Runner:
         finally:
             await pool.aclose()
 
-    async def _one(self, pool: ProviderPool, cfg: EvalConfig, problem: Problem) -> Record:
+    async def _one(self, pool: ProviderPool, cfg: EvalConfig, problem: Problem) -> EvalRecord:
         seed = problem_seed(self.seed, problem)
         fusion = self.fusion(cfg, seed, pool)
         tally = ReplayTally()
@@ -100,30 +100,27 @@ class Runner:
         finally:
             TALLY.reset(token)
         wall_ms = (time.monotonic() - started) * 1000
-        members = result.members if result is not None else list(
-            getattr(failure, "members", None) or [])
+        members = result.members if result is not None else failure.members if failure else []
         answer = result.answer if result is not None else None
         grades = await asyncio.gather(self._grade(problem, answer),
                                       *(self._grade(problem, m.content) for m in members))
         verdict, member_grades = grades[0], grades[1:]
-        usage = result.usage if result is not None else sum(
-            (m.usage for m in members), Usage())
+        usage = result.usage if result is not None else spent(members)[0]
         fusion_ms = result.timings.total_ms if result is not None else wall_ms
-        return {
-            "config": cfg.name, "task_id": problem.task_id, "seed": seed,
-            "passed": verdict.passed, "error": verdict.error, "error_detail": verdict.detail,
-            "answer": answer, "code": candidate_code(answer) if answer else "",
-            "tokens": {"prompt": usage.prompt_tokens, "completion": usage.completion_tokens},
-            "cost": result.cost if result is not None else None,
-            "latency_ms": round(fusion_ms + tally.replayed_ms, 1),
-            "fusion_ms": round(fusion_ms, 1), "replayed_ms": round(tally.replayed_ms, 1),
-            "replayed_calls": tally.replayed_calls, "live_calls": tally.live_calls,
-            "chosen": result.chosen if result is not None else None,
-            "reason": result.reason if result is not None else str(failure),
-            "judge": ({"status": result.judge.status, "reason": result.judge.reason}
-                      if result is not None else None),
-            "members": [_member(m, g) for m, g in zip(members, member_grades, strict=True)],
-        }
+        return EvalRecord(
+            config=cfg.name, task_id=problem.task_id, seed=seed,
+            passed=verdict.passed, error=verdict.error, error_detail=verdict.detail,
+            answer=answer, code=candidate_code(answer) if answer else "", tokens=usage,
+            cost=result.cost if result is not None else None,
+            latency_ms=round(fusion_ms + tally.replayed_ms, 1),
+            fusion_ms=round(fusion_ms, 1), replayed_ms=round(tally.replayed_ms, 1),
+            replayed_calls=tally.replayed_calls, live_calls=tally.live_calls,
+            chosen=result.chosen if result is not None else None,
+            reason=result.reason if result is not None else str(failure),
+            judge_status=result.judge.status if result is not None else None,
+            judge_reason=result.judge.reason if result is not None else None,
+            members=[_member(m, g) for m, g in zip(members, member_grades, strict=True)],
+        )
 
     async def _grade(self, problem: Problem, answer: str | None) -> Grade:
         if answer is None:
@@ -134,8 +131,7 @@ class Runner:
         return self._grades[key]
 
 
-def _member(m: MemberResult, g: Grade) -> dict[str, Any]:
-    return {"model": m.model, "status": m.status, "reason": m.reason,
-            "passed": g.passed if m.ok else None, "error": g.error if m.ok else None,
-            "latency_ms": round(m.latency_ms, 1),
-            "tokens": {"prompt": m.usage.prompt_tokens, "completion": m.usage.completion_tokens}}
+def _member(m: MemberResult, g: Grade) -> EvalMember:
+    return EvalMember(model=m.model, status=m.status, reason=m.reason,
+                      passed=g.passed if m.ok else None, error=g.error if m.ok else None,
+                      latency_ms=round(m.latency_ms, 1), tokens=m.usage)

@@ -17,6 +17,7 @@ from typing import Any, TextIO
 
 from ..errors import UsageError
 from ..files import atomic_write
+from .record import EvalRecord
 
 RECORDS = "records.jsonl"
 SETTINGS = "settings.json"
@@ -94,20 +95,20 @@ class RunDir:
 
     # ---- records
 
-    def load_records(self) -> dict[tuple[str, str], dict[str, Any]]:
+    def load_records(self) -> dict[tuple[str, str], EvalRecord]:
         """(config, task_id) -> record. A torn last line is dropped (and cut from the file)."""
         if not self.records_path.exists():
             return {}
         raw = self.records_path.read_text(encoding="utf-8")
-        records: dict[tuple[str, str], dict[str, Any]] = {}
+        records: dict[tuple[str, str], EvalRecord] = {}
         good: list[str] = []
         for line in raw.splitlines():
             try:
-                record = json.loads(line)
-                records[(record["config"], record["task_id"])] = record
-                good.append(line)
-            except (ValueError, KeyError, TypeError):
+                record = EvalRecord.from_dict(json.loads(line))
+            except (ValueError, KeyError, TypeError, AttributeError):
                 continue
+            records[(record.config, record.task_id)] = record
+            good.append(line)  # kept as read: the file is never re-serialised
         if len(good) != len(raw.splitlines()) or (raw and not raw.endswith("\n")):
             atomic_write(self.records_path, "".join(line + "\n" for line in good))
         return records
@@ -122,7 +123,7 @@ class RecordWriter:
     def __init__(self, f: TextIO) -> None:
         self._f = f
 
-    def append(self, record: Mapping[str, Any]) -> None:
-        self._f.write(json.dumps(record, ensure_ascii=False) + "\n")  # one write per record
+    def append(self, record: EvalRecord) -> None:
+        self._f.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")  # one write
         self._f.flush()
         os.fsync(self._f.fileno())

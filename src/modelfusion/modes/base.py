@@ -7,11 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..judge import JUDGE_RULES, Judge, Labeled, anonymise, fence, render_request
 from ..panel import Emit, Member, Panel
-from ..types import ChecksReport, FusionEvent, MemberResult, Message
+from ..types import Analysis, ChecksReport, FusionEvent, MemberResult, Message, Votes
+
+if TYPE_CHECKING:
+    from ..review.findings import ReviewAnalysis
 
 
 @dataclass(slots=True, kw_only=True)
@@ -51,8 +54,8 @@ class ModeContext:
 @dataclass(slots=True, kw_only=True)
 class ModeOutcome:
     answer: str
-    analysis: dict[str, Any] | None = None
-    votes: dict[str, Any] | None = None
+    analysis: Analysis | ReviewAnalysis | None = None
+    votes: Votes | None = None
     rounds: list[list[MemberResult]] | None = None
     chosen: str | None = None
     reason: str | None = None

@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..judge import Labeled, consensus_pick
+from ..types import ANALYSIS_SECTIONS, Analysis
 from .base import ModeContext, ModeOutcome, register
-
-SECTIONS = ("consensus", "contradictions", "partial_coverage", "unique_insights", "blind_spots")
 
 TASK = """Fuse the candidates into the best possible answer to the user's request.
 First analyse them (each item one short sentence; refer to candidates by label):
@@ -26,8 +25,9 @@ SCHEMA: dict[str, Any] = {
     "properties": {
         "analysis": {
             "type": "object",
-            "properties": {s: {"type": "array", "items": {"type": "string"}} for s in SECTIONS},
-            "required": list(SECTIONS),
+            "properties": {s: {"type": "array", "items": {"type": "string"}}
+                           for s in ANALYSIS_SECTIONS},
+            "required": list(ANALYSIS_SECTIONS),
         },
         "answer": {"type": "string"},
     },
@@ -35,18 +35,14 @@ SCHEMA: dict[str, Any] = {
 }
 
 
-def _validate(data: Any) -> tuple[dict[str, list[str]], str]:
+def _validate(data: Any) -> tuple[Analysis, str]:
     answer = data["answer"]
     if not isinstance(answer, str) or not answer.strip():
         raise ValueError("the answer is empty")
     raw = data.get("analysis") or {}
     if not isinstance(raw, dict):
         raise ValueError("analysis must be an object")
-    analysis = {}
-    for section in SECTIONS:
-        items = raw.get(section) or []
-        analysis[section] = [str(x) for x in (items if isinstance(items, list) else [items])]
-    return analysis, answer
+    return Analysis.from_dict(raw), answer
 
 
 async def merge_candidates(ctx: ModeContext, labeled: list[Labeled]) -> ModeOutcome:

@@ -19,6 +19,7 @@ from ..review.diff import lines_in
 from ..review.findings import (
     SEVERITIES,
     Finding,
+    ReviewAnalysis,
     anchor,
     group_nearby,
     merge_group,
@@ -113,13 +114,11 @@ async def review(ctx: ModeContext) -> ModeOutcome:
         added = {ln.new for lines in diff_lines.values() for ln in lines
                  if ln.kind == "+" and ln.new is not None}
         merged, grouping = await _judge_groups(ctx, reporting, readable, panel, added)
-    merged = sort_findings(merged)
-    findings = [f.to_dict() for f in merged]
-    return ModeOutcome(
-        answer=json.dumps({"findings": findings}, indent=2, ensure_ascii=False),
-        analysis={"findings": findings, "panel": panel, "grouping": grouping,
-                  "unreadable": unreadable},
-    )
+    analysis = ReviewAnalysis(findings=sort_findings(merged), panel=panel, grouping=grouping,
+                              unreadable=unreadable)
+    answer = {"findings": [f.to_dict() for f in analysis.findings]}
+    return ModeOutcome(answer=json.dumps(answer, indent=2, ensure_ascii=False),
+                       analysis=analysis)
 
 
 async def _judge_groups(ctx: ModeContext, reporting: list[MemberResult],

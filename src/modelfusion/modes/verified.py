@@ -38,6 +38,7 @@ from ..code.checks import Check, CheckSpec, find_checks
 from ..code.extract import defines, extract_code
 from ..code.harness import CheckRun, run_checks
 from ..judge import Labeled, consensus_pick
+from ..text import clip
 from ..types import CandidateChecks, CheckOutcome, ChecksReport, MemberResult
 from .base import ModeContext, ModeOutcome, register
 from .best_of import pick_best
@@ -151,8 +152,8 @@ def _failures(labeled: list[Labeled], report: ChecksReport, spec: CheckSpec) -> 
         if c.status != "ran":
             line += f" ({_STATUS_NOTE.get(c.status, c.status)})"
         if failed and c.status in ("ran", "timeout"):
-            shown = "; ".join(_clip(r.check) + (f" should give {_clip(r.expected)}"
-                                                if r.expected else "") for r in failed[:3])
+            shown = "; ".join(_quote(r.check) + (f" should give {_quote(r.expected)}"
+                                                 if r.expected else "") for r in failed[:3])
             line += f"; failed: {shown}" + (" …" if len(failed) > 3 else "")
         lines.append(line)
     lines.append("Prefer code that passes more checks unless you can see that it is wrong.")
@@ -164,9 +165,10 @@ _STATUS_NOTE = {"no_code": "no Python code in the answer", "timeout": "its code 
                 "not_run": "not run: no time left"}
 
 
-def _clip(text: str, limit: int = 80) -> str:
-    text = " ".join(text.split())
-    return f"`{text}`" if len(text) <= limit else f"`{text[:limit]}…`"
+def _quote(text: str) -> str:
+    """A check or value for the judge's prompt: one line, in backticks, 80 characters and
+    an ellipsis at most."""
+    return f"`{clip(text, 81, one_line=True)}`"
 
 
 # ---------------------------------------------------------------- running the checks

@@ -9,7 +9,7 @@ import re
 from collections import Counter
 from typing import Any
 
-from ..types import MemberResult
+from ..types import MemberResult, Votes, VoteSplit
 from .base import ModeContext, ModeOutcome, choice_schema, pick_label, register
 
 MAX_LABEL_WORDS = 4
@@ -87,17 +87,12 @@ async def vote(ctx: ModeContext) -> ModeOutcome:
     total = len(by_member)
     names: dict[int, MemberResult] = {m.index: m for m in ctx.candidates}
     split = [
-        {
-            "label": label,
-            "count": n,
-            "share": round(n / total, 4),
-            "members": [names[i].model for i, lab in by_member.items() if lab == label],
-        }
+        VoteSplit(label=label, count=n, share=round(n / total, 4),
+                  members=[names[i].model for i, lab in by_member.items() if lab == label])
         for label, n in counts.most_common()
     ]
     summary = f"{winner}: {counts[winner]} of {total}, {round(100 * counts[winner] / total)} %"
-    votes = {"winner": winner, "split": split, "total": total, "tie": len(tied) > 1,
-             "summary": summary}
+    votes = Votes(winner=winner, split=split, total=total, tie=len(tied) > 1, summary=summary)
     if ctx.judge.result.status == "skipped" and ctx.judge.result.reason is None:
         # Say why no judge was asked, as the other modes do when they skip it.
         ctx.judge.result.reason = "single_candidate" if total == 1 else "short_answers_no_tie"

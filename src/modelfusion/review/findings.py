@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -81,6 +82,14 @@ class Finding:
         d["members"] = list(self.members)
         d["single_member"] = self.single
         return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Finding:
+        """Back from `to_dict()` (a kept trace); `single_member` is derived, not read."""
+        return cls(file=d["file"], line=d.get("line"), severity=d["severity"],
+                   category=d["category"], message=d["message"],
+                   suggestion=d.get("suggestion", ""), agreed_by=d.get("agreed_by", 1),
+                   panel=d.get("panel", 1), members=tuple(d.get("members", ())))
 
 
 def severity(value: Any) -> str:
@@ -261,8 +270,21 @@ def at_or_above(findings: list[Finding], threshold: str) -> list[Finding]:
     return [f for f in findings if f.rank >= SEVERITIES.index(threshold)]
 
 
-def from_dict(d: dict[str, Any]) -> Finding:
-    return Finding(file=d["file"], line=d.get("line"), severity=d["severity"],
-                   category=d["category"], message=d["message"],
-                   suggestion=d.get("suggestion", ""), agreed_by=d.get("agreed_by", 1),
-                   panel=d.get("panel", 1), members=tuple(d.get("members", ())))
+@dataclass(slots=True, kw_only=True)
+class ReviewAnalysis:
+    """Review mode's account (`FusionResult.analysis`): the merged findings, as objects."""
+
+    findings: list[Finding]  # merged and sorted, most severe first
+    panel: int  # members whose review could be read
+    grouping: str  # judge | nearby (the judge failed) | none (nothing to merge)
+    unreadable: list[str]  # members whose reply was not a readable review
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"findings": [f.to_dict() for f in self.findings], "panel": self.panel,
+                "grouping": self.grouping, "unreadable": self.unreadable}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ReviewAnalysis:
+        return cls(findings=[Finding.from_dict(f) for f in d.get("findings") or []],
+                   panel=int(d.get("panel", 0)), grouping=str(d.get("grouping", "")),
+                   unreadable=list(d.get("unreadable") or []))

@@ -16,7 +16,7 @@ from ..errors import FusionError, UsageError
 from ..fusion import Fusion
 from ..types import FusionEvent, FusionResult
 from .diff import Chunk
-from .findings import Finding, anchor, from_dict, parse_findings
+from .findings import Finding, ReviewAnalysis, anchor, parse_findings
 
 REVIEW_SYSTEM = """You are a careful code reviewer. You get part of a diff. Each line shows \
 its line number in the new file (removed lines have none), then "+" for an added line, "-" \
@@ -46,9 +46,9 @@ class PartReview:
 
     @property
     def findings(self) -> list[Finding]:
-        if self.result is None or not self.result.analysis:
+        if self.result is None or not isinstance(self.result.analysis, ReviewAnalysis):
             return []
-        return [from_dict(d) for d in self.result.analysis.get("findings", [])]
+        return list(self.result.analysis.findings)
 
     def member_findings(self) -> dict[str, list[Finding] | None]:
         """Each member's own findings (None: its reply was unreadable) — the solo view."""

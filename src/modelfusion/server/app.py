@@ -107,7 +107,6 @@ def create_app(config: Config, store: TraceSink | None = None,
     app = FastAPI(title="modelfusion", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.gate = gate
     app.state.pool = pool
-    app.state.settings = settings
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, e: ApiError) -> JSONResponse:

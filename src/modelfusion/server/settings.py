@@ -31,10 +31,6 @@ class ServerSettings:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
 
-    @property
-    def auth(self) -> bool:
-        return bool(self.api_keys)
-
 
 def default_allowed_providers(config: Config) -> frozenset[str]:
     """What a public server lets requests name by default: the providers fusion.toml

