@@ -10,94 +10,31 @@ with a `done` event carrying the result; `run()` and `run_sync()` are thin layer
 from __future__ import annotations
 
 import asyncio
-import math
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .budget import Budget, estimate_tokens
-from .config import OPTION_NAMES, Config, load_config, parse_spec
+from .config import Config, load_config, parse_spec
 from .errors import AllMembersFailed, UsageError
 from .judge import Judge, JudgeSeat, defusals
 from .modes import MODES, ModeContext, ModeOutcome
 from .modes.vote import normalise
+from .options import MAX_SECONDS as MAX_SECONDS  # re-exported: callers import them from here
+from .options import OPTION_FIELDS, FusionOptions
 from .panel import Member, Panel, PanelOptions
 from .providers.base import Provider, build_provider
-from .skills import Skill, member_text, resolve_skills, rubric_text
+from .skills import member_text, resolve_skills, rubric_text
 from .types import FusionEvent, FusionResult, GenerationParams, Message, Timings, to_messages
 
 DEPTH_HEADER = "X-Fusion-Depth"
 SELF_FUSION_TEMPERATURE = 0.7
-MAX_SECONDS = 24 * 3600.0  # a fusion that runs longer than a day is a mistake
 # Share of the deadline kept for the judge: with deadline < timeout a hanging member would
 # otherwise use it all, and the judge would always time out.
 JUDGE_RESERVE = 0.2
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class FusionOptions:
-    """Knobs of one fusion. Presets and callers set them by these names."""
-
-    quorum: int | None = None
-    rounds: int = 1
-    temperature: float | None = None  # members; None = provider default (0.7 for copies)
-    judge_temperature: float = 0.0
-    judge_max_tokens: int = 2048  # room for a merge answer plus its analysis
-    max_tokens: int | None = None
-    timeout: float = 120.0  # per member, seconds
-    deadline: float = 300.0  # whole fusion, seconds
-    retries: int = 2
-    retry_backoff: float = 0.5  # first backoff in seconds; doubles per attempt
-    system: str | None = None
-    seed: int | None = None  # shuffle seed (and sampling seed where supported)
-    fallback_judge: str | None = None
-    max_cost: float | None = None  # USD for the whole fusion
-    max_total_tokens: int | None = None
-    demote_suspicious: bool = True  # best-of: candidates that address the judge lose
-    judge_both_orders: bool = False  # best-of: the pick must survive a reversed order
-    # Instruction packs (names of shipped skills, or Skill objects): their text goes to
-    # every member's system prompt, their rubric to the judge.
-    skills: tuple[str | Skill, ...] = ()
-    # JSON schema the members' answers must follow, where the provider can enforce it
-    # (llama.cpp grammar, OpenAI json_schema). Set by `fusion review`; not a preset option.
-    response_schema: dict[str, Any] | None = None
-    depth: int = 0  # fusion depth of the incoming request (the server sets it)
-
-    def validate(self, n_members: int) -> None:
-        if self.quorum is not None and not 1 <= self.quorum <= n_members:
-            raise UsageError(f"--quorum must be between 1 and the number of members ({n_members})")
-        if self.rounds < 0 or self.rounds > 5:
-            raise UsageError("--rounds must be between 0 and 5")
-        for name, ceiling in (("timeout", MAX_SECONDS), ("deadline", MAX_SECONDS)):
-            value = getattr(self, name)
-            # Chained comparisons reject NaN, infinities and ints too big for a float alike.
-            if not (isinstance(value, int | float) and 0 < value <= ceiling):
-                raise UsageError(f"--{name} must be between 0 and {ceiling:g} seconds")
-        if self.retries < 0 or self.retries > 10:
-            raise UsageError("retries must be between 0 and 10")
-        if not (isinstance(self.retry_backoff, int | float) and 0 <= self.retry_backoff <= 60):
-            raise UsageError("retry_backoff must be between 0 and 60 seconds")
-        for name in ("demote_suspicious", "judge_both_orders"):
-            if not isinstance(getattr(self, name), bool):
-                raise UsageError(f"{name} must be true or false")
-        for name in ("temperature", "judge_temperature"):
-            value = getattr(self, name)
-            if value is not None and not 0 <= value <= 2:
-                raise UsageError(f"{name} must be between 0 and 2")
-        if self.max_tokens is not None and self.max_tokens < 1:
-            raise UsageError("--max-tokens must be at least 1")
-        if self.max_cost is not None and not 0 < self.max_cost < math.inf:
-            raise UsageError("--max-cost must be a positive amount of USD")
-        if self.max_total_tokens is not None and self.max_total_tokens < 1:
-            raise UsageError("--max-total-tokens must be at least 1")
-        resolve_skills(self.skills)  # an unknown name fails here, listing the known ones
-
-
-_OPTION_FIELDS = {f.name for f in fields(FusionOptions)}
-assert OPTION_NAMES <= _OPTION_FIELDS
 
 
 class ProviderPool:
@@ -180,10 +117,10 @@ class Fusion:
 
     def _resolve(self, models: Sequence[str] | None, judge: str | None, mode: str | None,
                  preset_name: str | None, overrides: Mapping[str, Any]) -> _Plan:
-        unknown = set(overrides) - _OPTION_FIELDS
+        unknown = set(overrides) - OPTION_FIELDS
         if unknown:
             raise UsageError(f"unknown fusion options {sorted(unknown)}; known: "
-                             f"{sorted(_OPTION_FIELDS)}")
+                             f"{sorted(OPTION_FIELDS)}")
         preset = None
         if preset_name:
             preset = self.config.preset(preset_name)
