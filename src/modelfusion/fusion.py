@@ -13,28 +13,28 @@ import asyncio
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from .budget import Budget, estimate_tokens
-from .config import Config, load_config, parse_spec
-from .errors import AllMembersFailed, UsageError
+from .config import Config, load_config
+from .errors import AllMembersFailed
 from .judge import Judge, JudgeSeat, defusals
 from .modes import MODES, ModeContext, ModeOutcome
 from .modes.vote import normalise
 from .options import MAX_SECONDS as MAX_SECONDS  # re-exported: callers import them from here
-from .options import OPTION_FIELDS, FusionOptions
+from .options import FusionOptions as FusionOptions
 from .panel import Member, Panel, PanelOptions
+from .plan import Plan, Seat, resolve
 from .providers.base import Provider, build_provider
-from .skills import member_text, resolve_skills, rubric_text
-from .types import FusionEvent, FusionResult, GenerationParams, Message, Timings, to_messages
+from .types import FusionEvent, FusionResult, Message, Timings, to_messages
 
 DEPTH_HEADER = "X-Fusion-Depth"
-SELF_FUSION_TEMPERATURE = 0.7
 # Share of the deadline kept for the judge: with deadline < timeout a hanging member would
 # otherwise use it all, and the judge would always time out.
 JUDGE_RESERVE = 0.2
+Messages = str | Sequence[Message | Mapping[str, Any]]
 
 
 class ProviderPool:
@@ -66,29 +66,6 @@ class ProviderPool:
             await provider.aclose()
 
 
-@dataclass(frozen=True, slots=True)
-class _Seat:
-    """A resolved member before it is bound to a live provider."""
-
-    label: str
-    provider: str
-    model: str
-    params: GenerationParams
-
-
-@dataclass(slots=True)
-class _Plan:
-    seats: list[_Seat]
-    judge: _Seat
-    fallback_judge: _Seat | None
-    mode: str
-    options: FusionOptions
-    preset: str | None = None
-    instructions: str = ""  # skills' text for every member's system prompt
-    rubric: str = ""  # skills' rubric for the judge
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
 class Fusion:
     """A configured panel + judge + mode. Reusable and safe to share across tasks."""
 
@@ -102,8 +79,11 @@ class Fusion:
         config: Config | str | Path | None = None,
         offline: bool | None = None,
         pool: ProviderPool | None = None,
+        default_preset: str | None = None,
         **options: Any,
     ) -> None:
+        """`default_preset`: the preset used when neither models nor a preset are named
+        (default: the config's `default_preset`, else the embedded local panel)."""
         if isinstance(config, Config):
             self.config = config
             if offline:
@@ -111,79 +91,9 @@ class Fusion:
         else:
             self.config = load_config(config, offline=offline)
         self.pool = pool or ProviderPool(self.config)
-        self.plan = self._resolve(models, judge, mode, preset, options)
-
-    # ---- resolution: everything checked before any request ----
-
-    def _resolve(self, models: Sequence[str] | None, judge: str | None, mode: str | None,
-                 preset_name: str | None, overrides: Mapping[str, Any]) -> _Plan:
-        unknown = set(overrides) - OPTION_FIELDS
-        if unknown:
-            raise UsageError(f"unknown fusion options {sorted(unknown)}; known: "
-                             f"{sorted(OPTION_FIELDS)}")
-        preset = None
-        if preset_name:
-            preset = self.config.preset(preset_name)
-        elif not models:
-            preset = self.config.default()
-        specs = list(models or (preset.models if preset else ()))
-        if not specs:
-            raise UsageError("no models: pass -m provider:model (repeatable) or --preset NAME")
-        preset_options = dict(preset.options) if preset else {}
-        merged = {**preset_options, **{k: v for k, v in overrides.items() if v is not None}}
-        if isinstance(merged.get("skills"), str):
-            merged["skills"] = (merged["skills"],)
-        if "skills" in merged:  # a TOML / JSON list becomes the tuple the option holds
-            merged["skills"] = tuple(merged["skills"])
-        opts = FusionOptions(**merged)
-        mode = mode or (preset.mode if preset else "merge")
-        if mode not in MODES:
-            raise UsageError(f"unknown mode {mode!r}; choose one of: {', '.join(sorted(MODES))}")
-
-        seats: list[_Seat] = []
-        for spec in specs:
-            parsed = parse_spec(spec)
-            self._preflight(parsed.provider, parsed.model)
-            for k in range(parsed.count):
-                temperature = opts.temperature
-                if parsed.count > 1 and temperature is None:
-                    temperature = SELF_FUSION_TEMPERATURE  # copies must differ
-                seed = None if opts.seed is None else opts.seed + k
-                label = parsed.id if parsed.count == 1 else f"{parsed.id}#{k + 1}"
-                params = GenerationParams(temperature=temperature, max_tokens=opts.max_tokens,
-                                          seed=seed, json_schema=opts.response_schema)
-                seats.append(_Seat(label, parsed.provider, parsed.model, params))
-        if len(seats) > 16:
-            raise UsageError(f"{len(seats)} members: at most 16 per fusion")
-        opts.validate(len(seats))
-        judge_spec = judge or (preset.judge if preset and preset.judge else None) or specs[0]
-        skills = resolve_skills(opts.skills)  # read once, here, not per request
-        return _Plan(
-            seats=seats,
-            judge=self._judge_seat(judge_spec, opts),
-            fallback_judge=self._judge_seat(opts.fallback_judge, opts)
-            if opts.fallback_judge else None,
-            mode=mode,
-            options=opts,
-            preset=preset.name if preset else None,
-            instructions=member_text(skills),
-            rubric=rubric_text(skills),
-        )
-
-    def _preflight(self, provider: str, model: str) -> None:
-        """Unknown provider, missing key, offline, a local model that can't load: fail now."""
-        cfg = self.config.provider(provider)
-        if cfg.kind == "local":
-            from .providers.local.runtime import check_model  # llama-cpp-python only when used
-
-            check_model(model)
-
-    def _judge_seat(self, spec: str, opts: FusionOptions) -> _Seat:
-        parsed = parse_spec(spec)
-        self._preflight(parsed.provider, parsed.model)
-        params = GenerationParams(temperature=opts.judge_temperature, seed=opts.seed,
-                                  max_tokens=opts.judge_max_tokens)
-        return _Seat(parsed.id, parsed.provider, parsed.model, params)
+        # Everything is checked here, before any request (plan.py holds the rules).
+        self.plan: Plan = resolve(self.config, models, judge, mode, preset, options,
+                                  default_preset=default_preset)
 
     async def aclose(self) -> None:
         """Close the pooled HTTP clients (use `async with Fusion(...)` to do it for you)."""
@@ -197,26 +107,31 @@ class Fusion:
 
     # ---- the flow ----
 
-    async def run(self, messages: str | Sequence[Message | Mapping[str, Any]]) -> FusionResult:
-        """The fused result. Same flow as stream(), minus the event queue nobody reads."""
-        return await self._execute(to_messages(messages), _ignore)
+    async def run(self, messages: Messages, *, seed: int | None = None) -> FusionResult:
+        """The fused result. Same flow as stream(), minus the event queue nobody reads.
 
-    def run_sync(self, messages: str | Sequence[Message | Mapping[str, Any]]) -> FusionResult:
-        return asyncio.run(self._run_and_close(messages))
+        `seed` replaces the `seed` option for this run only (members get seed + their copy
+        number, the judge and the shuffle the seed itself), so one Fusion serves many
+        seeded runs (`fusion eval`: one per problem)."""
+        return await self._execute(self.plan.with_seed(seed), to_messages(messages), _ignore)
 
-    async def _run_and_close(self, messages: Any) -> FusionResult:
+    def run_sync(self, messages: Messages, *, seed: int | None = None) -> FusionResult:
+        return asyncio.run(self._run_and_close(messages, seed))
+
+    async def _run_and_close(self, messages: Messages, seed: int | None) -> FusionResult:
         async with self:
-            return await self.run(messages)
+            return await self.run(messages, seed=seed)
 
-    async def stream(
-        self, messages: str | Sequence[Message | Mapping[str, Any]]
-    ) -> AsyncIterator[FusionEvent]:
+    async def stream(self, messages: Messages, *, seed: int | None = None
+                     ) -> AsyncIterator[FusionEvent]:
         """Progress events as they happen; the last is `done` (with the result).
 
-        On failure an `error` event is yielded, then the exception is raised.
+        On failure an `error` event is yielded, then the exception is raised. `seed`: as
+        in run().
         """
         queue: asyncio.Queue[FusionEvent | None] = asyncio.Queue()
-        task = asyncio.create_task(self._execute(to_messages(messages), queue.put_nowait))
+        task = asyncio.create_task(self._execute(self.plan.with_seed(seed),
+                                                 to_messages(messages), queue.put_nowait))
         task.add_done_callback(lambda _: queue.put_nowait(None))
         try:
             while (event := await queue.get()) is not None:
@@ -230,9 +145,9 @@ class Fusion:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
 
-    async def _execute(self, messages: list[Message], emit: Callable[[FusionEvent], None]
-                       ) -> FusionResult:
-        plan, opts = self.plan, self.plan.options
+    async def _execute(self, plan: Plan, messages: list[Message],
+                       emit: Callable[[FusionEvent], None]) -> FusionResult:
+        opts = plan.options
         started = time.monotonic()
         deadline_at = started + opts.deadline
         headers = {DEPTH_HEADER: str(opts.depth + 1)}
@@ -306,7 +221,7 @@ class Fusion:
         emit(FusionEvent("done", result=result))
         return result
 
-    def _member(self, index: int, seat: _Seat) -> Member:
+    def _member(self, index: int, seat: Seat) -> Member:
         provider, limit = self.pool.get(seat.provider)
         params = seat.params
         if params.json_schema is not None and not provider.supports_json_schema:
@@ -315,7 +230,7 @@ class Fusion:
                       params=params, price=self.config.price(seat.label.split("#")[0]),
                       limit=limit)
 
-    def _judge(self, seat: _Seat) -> JudgeSeat:
+    def _judge(self, seat: Seat) -> JudgeSeat:
         provider, _ = self.pool.get(seat.provider)
         return JudgeSeat(seat.label, provider, seat.model, seat.params,
                          self.config.price(seat.label))

@@ -4,7 +4,8 @@
 `provider:model` (passthrough: a one-member Fusion, so the judge is skipped). Everything
 the request names is checked before anything is sent upstream, and a refusal names its
 field: specs here, options by the engine (`UsageError.option`, mapped back to where the
-request set it). Requests name configured providers only, never URLs.
+request set it). Which preset, judge and mode apply is the engine's rule (`plan.select`).
+Requests name configured providers only, never URLs.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from ..config import Config, Preset, parse_spec
 from ..errors import ConfigError, UsageError
 from ..fusion import DEPTH_HEADER, Fusion, ProviderPool
 from ..modes import MODES
+from ..plan import select
 from .errors import ApiError, bad_request, usage_error
 from .schemas import ChatRequest
 from .settings import ServerSettings
@@ -71,13 +73,14 @@ def prepare(req: ChatRequest, config: Config, pool: ProviderPool, settings: Serv
             raise bad_request(f"{seats} panel members: at most {settings.max_members} per "
                               "request (model*N counts N)", where, "too_many_members")
 
-    # The preset that supplies defaults: `fusion/<p>` always; plain `fusion` only when the
-    # request lists no models (as on the CLI: -m without --preset means no preset).
-    preset = target_preset if spec_target is None and not (
-        req.model == "fusion" and req.models) else None
-    models: list[str] = req.models or (list(preset.models) if preset else [str(spec_target)])
-    judge = req.judge or (spec_target if req.models else None)
-    mode = req.mode
+    # `fusion/<p>` names its preset; plain `fusion` is the CLI without --preset (the
+    # default preset only when the request lists no models); `provider:model` is a member
+    # (the judge, when the request lists models).
+    named = target_preset.name if target_preset and req.model != "fusion" else None
+    chosen = select(config, req.models or ([spec_target] if spec_target else None),
+                    req.judge or (spec_target if req.models else None), req.mode, named)
+    preset, models, mode = chosen.preset, chosen.models, chosen.mode
+    judge: str | None = chosen.judge
     options = dict(req.options)
     passthrough = (spec_target is not None and req.models is None) or depth >= 1
     if passthrough:
