@@ -20,7 +20,7 @@ import random
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from difflib import SequenceMatcher
 from typing import Any, TypeVar
 
@@ -208,8 +208,7 @@ class Judge:
         messages = [Message("system", system), Message("user", prompt)]
         params = seat.params
         if seat.provider.supports_json_schema:
-            params = GenerationParams(temperature=params.temperature, max_tokens=params.max_tokens,
-                                      seed=params.seed, json_schema=schema)
+            params = replace(params, json_schema=schema)  # every other field kept as set
         for _ in range(2):  # one corrective retry
             remaining = min(self._end - time.monotonic(), self._call_timeout)
             if remaining <= 0:
