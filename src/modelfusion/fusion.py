@@ -20,9 +20,8 @@ from typing import Any
 from .budget import Budget, estimate_tokens
 from .config import Config, load_config
 from .errors import AllMembersFailed
-from .judge import Judge, JudgeSeat, defusals
+from .judge import Judge, JudgeSeat, defusals, nothing_to_judge
 from .modes import MODES, ModeContext, ModeOutcome
-from .modes.vote import normalise
 from .options import MAX_SECONDS as MAX_SECONDS  # re-exported: callers import them from here
 from .options import FusionOptions as FusionOptions
 from .panel import Member, Panel, PanelOptions
@@ -183,24 +182,24 @@ class Fusion:
                       if plan.fallback_judge else None, emit=emit, headers=headers,
                       end=deadline_at, call_timeout=opts.timeout,
                       demote_suspicious=opts.demote_suspicious,
-                      both_orders=opts.judge_both_orders)
-        judge.result.shuffle_seed = seed
-        judge.result.defused = defusals(candidates)
+                      both_orders=opts.judge_both_orders, shuffle_seed=seed,
+                      defused=defusals(candidates))
         ctx = ModeContext(messages=messages, candidates=candidates, members=results,
                           judge=judge, seed=seed, nonce=secrets.token_hex(4), emit=emit,
                           panel=panel, seats=members, deadline_at=deadline_at,
                           rounds=opts.rounds, rubric=plan.rubric)
-        skip = _skip_reason(plan.mode, candidates)
+        mode = MODES[plan.mode]
+        # Nothing to choose between: the mode is skipped, unless it declared that it
+        # reports something even then (vote's split, verified's checks, review's counts).
+        skip = nothing_to_judge(candidates) if mode.shortcut else None
         if skip:
-            judge.result.reason = skip
+            judge.skip(skip)
             outcome = ModeOutcome(answer=candidates[0].content or "", chosen=candidates[0].model,
                                   reason=skip.replace("_", " "))
         else:
-            outcome = await MODES[plan.mode](ctx)
-            if outcome.labels is not None:  # a mode that judged a subset says which itself
-                judge.result.labels = outcome.labels
-            elif not judge.result.labels:
-                judge.result.labels = {item.label: item.member.index for item in ctx.labeled()}
+            outcome = await mode.run(ctx)
+            if not judge.shown:  # a mode that judged a subset said which itself
+                judge.show(ctx.labeled())
         emit(FusionEvent("answer_delta", text=outcome.answer))
         total = time.monotonic() - started
         result = FusionResult(
@@ -245,17 +244,3 @@ def _with_instructions(messages: list[Message], text: str) -> list[Message]:
     if messages and messages[0].role == "system":
         return [Message("system", f"{messages[0].content}\n\n{text}"), *messages[1:]]
     return [Message("system", text), *messages]
-
-
-def _skip_reason(mode: str, candidates: list[Any]) -> str | None:
-    """Why the judge can be skipped: nothing to choose between."""
-    if mode in ("vote", "verified", "review"):
-        # vote reports its split even when unanimous; verified runs the checks even for
-        # one candidate (the result says which it passed); review reports agreement.
-        # None of them needs the judge then, and each decides that itself.
-        return None
-    if len(candidates) == 1:
-        return "single_candidate"
-    if len({normalise(c.content or "") for c in candidates}) == 1:
-        return "identical_candidates"
-    return None
