@@ -19,6 +19,7 @@ from typing import Any
 
 from .errors import ConfigError, MissingKeyError, OfflineError
 from .files import home_dir
+from .options import PRESET_OPTIONS
 
 OPENROUTER_HEADERS = {
     "HTTP-Referer": "https://github.com/modelfusion/modelfusion",
@@ -103,13 +104,8 @@ class Preset:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-# Options a preset (or a caller) may set besides models/judge/mode.
-OPTION_NAMES = {
-    "quorum", "rounds", "temperature", "max_tokens", "timeout", "deadline", "retries",
-    "system", "seed", "judge_temperature", "fallback_judge", "max_cost", "max_total_tokens",
-    "judge_max_tokens", "retry_backoff", "demote_suspicious", "judge_both_orders",
-    "skills",
-}
+# Options a preset may set besides models/judge/mode: from the one table (options.py).
+OPTION_NAMES = PRESET_OPTIONS
 
 # The embedded default: chosen when neither the caller nor the config names models.
 DEFAULT_LOCAL_PRESET = Preset(

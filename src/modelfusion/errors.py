@@ -27,7 +27,13 @@ class FusionError(Exception):
 
 
 class UsageError(FusionError):
+    """`option`: the fusion option the mistake is about, if any (the server names its field)."""
+
     code = "bad_usage"
+
+    def __init__(self, *args: object, option: str | None = None) -> None:
+        super().__init__(*args)
+        self.option = option
 
 
 class ConfigError(UsageError):

@@ -10,94 +10,30 @@ with a `done` event carrying the result; `run()` and `run_sync()` are thin layer
 from __future__ import annotations
 
 import asyncio
-import math
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from .budget import Budget, estimate_tokens
-from .config import OPTION_NAMES, Config, load_config, parse_spec
-from .errors import AllMembersFailed, UsageError
-from .judge import Judge, JudgeSeat, defusals
+from .config import Config, load_config
+from .errors import AllMembersFailed
+from .judge import Judge, JudgeSeat, defusals, nothing_to_judge
 from .modes import MODES, ModeContext, ModeOutcome
-from .modes.vote import normalise
+from .options import MAX_SECONDS as MAX_SECONDS  # re-exported: callers import them from here
+from .options import FusionOptions as FusionOptions
 from .panel import Member, Panel, PanelOptions
+from .plan import Plan, Seat, resolve
 from .providers.base import Provider, build_provider
-from .skills import Skill, member_text, resolve_skills, rubric_text
-from .types import FusionEvent, FusionResult, GenerationParams, Message, Timings, to_messages
+from .types import FusionEvent, FusionResult, Message, Timings, to_messages
 
 DEPTH_HEADER = "X-Fusion-Depth"
-SELF_FUSION_TEMPERATURE = 0.7
-MAX_SECONDS = 24 * 3600.0  # a fusion that runs longer than a day is a mistake
 # Share of the deadline kept for the judge: with deadline < timeout a hanging member would
 # otherwise use it all, and the judge would always time out.
 JUDGE_RESERVE = 0.2
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class FusionOptions:
-    """Knobs of one fusion. Presets and callers set them by these names."""
-
-    quorum: int | None = None
-    rounds: int = 1
-    temperature: float | None = None  # members; None = provider default (0.7 for copies)
-    judge_temperature: float = 0.0
-    judge_max_tokens: int = 2048  # room for a merge answer plus its analysis
-    max_tokens: int | None = None
-    timeout: float = 120.0  # per member, seconds
-    deadline: float = 300.0  # whole fusion, seconds
-    retries: int = 2
-    retry_backoff: float = 0.5  # first backoff in seconds; doubles per attempt
-    system: str | None = None
-    seed: int | None = None  # shuffle seed (and sampling seed where supported)
-    fallback_judge: str | None = None
-    max_cost: float | None = None  # USD for the whole fusion
-    max_total_tokens: int | None = None
-    demote_suspicious: bool = True  # best-of: candidates that address the judge lose
-    judge_both_orders: bool = False  # best-of: the pick must survive a reversed order
-    # Instruction packs (names of shipped skills, or Skill objects): their text goes to
-    # every member's system prompt, their rubric to the judge.
-    skills: tuple[str | Skill, ...] = ()
-    # JSON schema the members' answers must follow, where the provider can enforce it
-    # (llama.cpp grammar, OpenAI json_schema). Set by `fusion review`; not a preset option.
-    response_schema: dict[str, Any] | None = None
-    depth: int = 0  # fusion depth of the incoming request (the server sets it)
-
-    def validate(self, n_members: int) -> None:
-        if self.quorum is not None and not 1 <= self.quorum <= n_members:
-            raise UsageError(f"--quorum must be between 1 and the number of members ({n_members})")
-        if self.rounds < 0 or self.rounds > 5:
-            raise UsageError("--rounds must be between 0 and 5")
-        for name, ceiling in (("timeout", MAX_SECONDS), ("deadline", MAX_SECONDS)):
-            value = getattr(self, name)
-            # Chained comparisons reject NaN, infinities and ints too big for a float alike.
-            if not (isinstance(value, int | float) and 0 < value <= ceiling):
-                raise UsageError(f"--{name} must be between 0 and {ceiling:g} seconds")
-        if self.retries < 0 or self.retries > 10:
-            raise UsageError("retries must be between 0 and 10")
-        if not (isinstance(self.retry_backoff, int | float) and 0 <= self.retry_backoff <= 60):
-            raise UsageError("retry_backoff must be between 0 and 60 seconds")
-        for name in ("demote_suspicious", "judge_both_orders"):
-            if not isinstance(getattr(self, name), bool):
-                raise UsageError(f"{name} must be true or false")
-        for name in ("temperature", "judge_temperature"):
-            value = getattr(self, name)
-            if value is not None and not 0 <= value <= 2:
-                raise UsageError(f"{name} must be between 0 and 2")
-        if self.max_tokens is not None and self.max_tokens < 1:
-            raise UsageError("--max-tokens must be at least 1")
-        if self.max_cost is not None and not 0 < self.max_cost < math.inf:
-            raise UsageError("--max-cost must be a positive amount of USD")
-        if self.max_total_tokens is not None and self.max_total_tokens < 1:
-            raise UsageError("--max-total-tokens must be at least 1")
-        resolve_skills(self.skills)  # an unknown name fails here, listing the known ones
-
-
-_OPTION_FIELDS = {f.name for f in fields(FusionOptions)}
-assert OPTION_NAMES <= _OPTION_FIELDS
+Messages = str | Sequence[Message | Mapping[str, Any]]
 
 
 class ProviderPool:
@@ -129,29 +65,6 @@ class ProviderPool:
             await provider.aclose()
 
 
-@dataclass(frozen=True, slots=True)
-class _Seat:
-    """A resolved member before it is bound to a live provider."""
-
-    label: str
-    provider: str
-    model: str
-    params: GenerationParams
-
-
-@dataclass(slots=True)
-class _Plan:
-    seats: list[_Seat]
-    judge: _Seat
-    fallback_judge: _Seat | None
-    mode: str
-    options: FusionOptions
-    preset: str | None = None
-    instructions: str = ""  # skills' text for every member's system prompt
-    rubric: str = ""  # skills' rubric for the judge
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
 class Fusion:
     """A configured panel + judge + mode. Reusable and safe to share across tasks."""
 
@@ -165,8 +78,11 @@ class Fusion:
         config: Config | str | Path | None = None,
         offline: bool | None = None,
         pool: ProviderPool | None = None,
+        default_preset: str | None = None,
         **options: Any,
     ) -> None:
+        """`default_preset`: the preset used when neither models nor a preset are named
+        (default: the config's `default_preset`, else the embedded local panel)."""
         if isinstance(config, Config):
             self.config = config
             if offline:
@@ -174,79 +90,9 @@ class Fusion:
         else:
             self.config = load_config(config, offline=offline)
         self.pool = pool or ProviderPool(self.config)
-        self.plan = self._resolve(models, judge, mode, preset, options)
-
-    # ---- resolution: everything checked before any request ----
-
-    def _resolve(self, models: Sequence[str] | None, judge: str | None, mode: str | None,
-                 preset_name: str | None, overrides: Mapping[str, Any]) -> _Plan:
-        unknown = set(overrides) - _OPTION_FIELDS
-        if unknown:
-            raise UsageError(f"unknown fusion options {sorted(unknown)}; known: "
-                             f"{sorted(_OPTION_FIELDS)}")
-        preset = None
-        if preset_name:
-            preset = self.config.preset(preset_name)
-        elif not models:
-            preset = self.config.default()
-        specs = list(models or (preset.models if preset else ()))
-        if not specs:
-            raise UsageError("no models: pass -m provider:model (repeatable) or --preset NAME")
-        preset_options = dict(preset.options) if preset else {}
-        merged = {**preset_options, **{k: v for k, v in overrides.items() if v is not None}}
-        if isinstance(merged.get("skills"), str):
-            merged["skills"] = (merged["skills"],)
-        if "skills" in merged:  # a TOML / JSON list becomes the tuple the option holds
-            merged["skills"] = tuple(merged["skills"])
-        opts = FusionOptions(**merged)
-        mode = mode or (preset.mode if preset else "merge")
-        if mode not in MODES:
-            raise UsageError(f"unknown mode {mode!r}; choose one of: {', '.join(sorted(MODES))}")
-
-        seats: list[_Seat] = []
-        for spec in specs:
-            parsed = parse_spec(spec)
-            self._preflight(parsed.provider, parsed.model)
-            for k in range(parsed.count):
-                temperature = opts.temperature
-                if parsed.count > 1 and temperature is None:
-                    temperature = SELF_FUSION_TEMPERATURE  # copies must differ
-                seed = None if opts.seed is None else opts.seed + k
-                label = parsed.id if parsed.count == 1 else f"{parsed.id}#{k + 1}"
-                params = GenerationParams(temperature=temperature, max_tokens=opts.max_tokens,
-                                          seed=seed, json_schema=opts.response_schema)
-                seats.append(_Seat(label, parsed.provider, parsed.model, params))
-        if len(seats) > 16:
-            raise UsageError(f"{len(seats)} members: at most 16 per fusion")
-        opts.validate(len(seats))
-        judge_spec = judge or (preset.judge if preset and preset.judge else None) or specs[0]
-        skills = resolve_skills(opts.skills)  # read once, here, not per request
-        return _Plan(
-            seats=seats,
-            judge=self._judge_seat(judge_spec, opts),
-            fallback_judge=self._judge_seat(opts.fallback_judge, opts)
-            if opts.fallback_judge else None,
-            mode=mode,
-            options=opts,
-            preset=preset.name if preset else None,
-            instructions=member_text(skills),
-            rubric=rubric_text(skills),
-        )
-
-    def _preflight(self, provider: str, model: str) -> None:
-        """Unknown provider, missing key, offline, a local model that can't load: fail now."""
-        cfg = self.config.provider(provider)
-        if cfg.kind == "local":
-            from .providers.local.runtime import check_model  # llama-cpp-python only when used
-
-            check_model(model)
-
-    def _judge_seat(self, spec: str, opts: FusionOptions) -> _Seat:
-        parsed = parse_spec(spec)
-        self._preflight(parsed.provider, parsed.model)
-        params = GenerationParams(temperature=opts.judge_temperature, seed=opts.seed,
-                                  max_tokens=opts.judge_max_tokens)
-        return _Seat(parsed.id, parsed.provider, parsed.model, params)
+        # Everything is checked here, before any request (plan.py holds the rules).
+        self.plan: Plan = resolve(self.config, models, judge, mode, preset, options,
+                                  default_preset=default_preset)
 
     async def aclose(self) -> None:
         """Close the pooled HTTP clients (use `async with Fusion(...)` to do it for you)."""
@@ -260,26 +106,31 @@ class Fusion:
 
     # ---- the flow ----
 
-    async def run(self, messages: str | Sequence[Message | Mapping[str, Any]]) -> FusionResult:
-        """The fused result. Same flow as stream(), minus the event queue nobody reads."""
-        return await self._execute(to_messages(messages), _ignore)
+    async def run(self, messages: Messages, *, seed: int | None = None) -> FusionResult:
+        """The fused result. Same flow as stream(), minus the event queue nobody reads.
 
-    def run_sync(self, messages: str | Sequence[Message | Mapping[str, Any]]) -> FusionResult:
-        return asyncio.run(self._run_and_close(messages))
+        `seed` replaces the `seed` option for this run only (members get seed + their copy
+        number, the judge and the shuffle the seed itself), so one Fusion serves many
+        seeded runs (`fusion eval`: one per problem)."""
+        return await self._execute(self.plan.with_seed(seed), to_messages(messages), _ignore)
 
-    async def _run_and_close(self, messages: Any) -> FusionResult:
+    def run_sync(self, messages: Messages, *, seed: int | None = None) -> FusionResult:
+        return asyncio.run(self._run_and_close(messages, seed))
+
+    async def _run_and_close(self, messages: Messages, seed: int | None) -> FusionResult:
         async with self:
-            return await self.run(messages)
+            return await self.run(messages, seed=seed)
 
-    async def stream(
-        self, messages: str | Sequence[Message | Mapping[str, Any]]
-    ) -> AsyncIterator[FusionEvent]:
+    async def stream(self, messages: Messages, *, seed: int | None = None
+                     ) -> AsyncIterator[FusionEvent]:
         """Progress events as they happen; the last is `done` (with the result).
 
-        On failure an `error` event is yielded, then the exception is raised.
+        On failure an `error` event is yielded, then the exception is raised. `seed`: as
+        in run().
         """
         queue: asyncio.Queue[FusionEvent | None] = asyncio.Queue()
-        task = asyncio.create_task(self._execute(to_messages(messages), queue.put_nowait))
+        task = asyncio.create_task(self._execute(self.plan.with_seed(seed),
+                                                 to_messages(messages), queue.put_nowait))
         task.add_done_callback(lambda _: queue.put_nowait(None))
         try:
             while (event := await queue.get()) is not None:
@@ -293,9 +144,9 @@ class Fusion:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
 
-    async def _execute(self, messages: list[Message], emit: Callable[[FusionEvent], None]
-                       ) -> FusionResult:
-        plan, opts = self.plan, self.plan.options
+    async def _execute(self, plan: Plan, messages: list[Message],
+                       emit: Callable[[FusionEvent], None]) -> FusionResult:
+        opts = plan.options
         started = time.monotonic()
         deadline_at = started + opts.deadline
         headers = {DEPTH_HEADER: str(opts.depth + 1)}
@@ -331,24 +182,24 @@ class Fusion:
                       if plan.fallback_judge else None, emit=emit, headers=headers,
                       end=deadline_at, call_timeout=opts.timeout,
                       demote_suspicious=opts.demote_suspicious,
-                      both_orders=opts.judge_both_orders)
-        judge.result.shuffle_seed = seed
-        judge.result.defused = defusals(candidates)
+                      both_orders=opts.judge_both_orders, shuffle_seed=seed,
+                      defused=defusals(candidates))
         ctx = ModeContext(messages=messages, candidates=candidates, members=results,
                           judge=judge, seed=seed, nonce=secrets.token_hex(4), emit=emit,
                           panel=panel, seats=members, deadline_at=deadline_at,
                           rounds=opts.rounds, rubric=plan.rubric)
-        skip = _skip_reason(plan.mode, candidates)
+        mode = MODES[plan.mode]
+        # Nothing to choose between: the mode is skipped, unless it declared that it
+        # reports something even then (vote's split, verified's checks, review's counts).
+        skip = nothing_to_judge(candidates) if mode.shortcut else None
         if skip:
-            judge.result.reason = skip
+            judge.skip(skip)
             outcome = ModeOutcome(answer=candidates[0].content or "", chosen=candidates[0].model,
                                   reason=skip.replace("_", " "))
         else:
-            outcome = await MODES[plan.mode](ctx)
-            if outcome.labels is not None:  # a mode that judged a subset says which itself
-                judge.result.labels = outcome.labels
-            elif not judge.result.labels:
-                judge.result.labels = {item.label: item.member.index for item in ctx.labeled()}
+            outcome = await mode.run(ctx)
+            if not judge.shown:  # a mode that judged a subset said which itself
+                judge.show(ctx.labeled())
         emit(FusionEvent("answer_delta", text=outcome.answer))
         total = time.monotonic() - started
         result = FusionResult(
@@ -369,7 +220,7 @@ class Fusion:
         emit(FusionEvent("done", result=result))
         return result
 
-    def _member(self, index: int, seat: _Seat) -> Member:
+    def _member(self, index: int, seat: Seat) -> Member:
         provider, limit = self.pool.get(seat.provider)
         params = seat.params
         if params.json_schema is not None and not provider.supports_json_schema:
@@ -378,7 +229,7 @@ class Fusion:
                       params=params, price=self.config.price(seat.label.split("#")[0]),
                       limit=limit)
 
-    def _judge(self, seat: _Seat) -> JudgeSeat:
+    def _judge(self, seat: Seat) -> JudgeSeat:
         provider, _ = self.pool.get(seat.provider)
         return JudgeSeat(seat.label, provider, seat.model, seat.params,
                          self.config.price(seat.label))
@@ -393,17 +244,3 @@ def _with_instructions(messages: list[Message], text: str) -> list[Message]:
     if messages and messages[0].role == "system":
         return [Message("system", f"{messages[0].content}\n\n{text}"), *messages[1:]]
     return [Message("system", text), *messages]
-
-
-def _skip_reason(mode: str, candidates: list[Any]) -> str | None:
-    """Why the judge can be skipped: nothing to choose between."""
-    if mode in ("vote", "verified", "review"):
-        # vote reports its split even when unanimous; verified runs the checks even for
-        # one candidate (the result says which it passed); review reports agreement.
-        # None of them needs the judge then, and each decides that itself.
-        return None
-    if len(candidates) == 1:
-        return "single_candidate"
-    if len({normalise(c.content or "") for c in candidates}) == 1:
-        return "identical_candidates"
-    return None

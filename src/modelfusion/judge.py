@@ -20,7 +20,7 @@ import random
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from difflib import SequenceMatcher
 from typing import Any, TypeVar
 
@@ -107,6 +107,30 @@ def parse_json(text: str) -> Any:
     return json.loads(text[start : end + 1], strict=False)
 
 
+_PREFIX = re.compile(r"^(?:final answer|the answer is|answer)\s*[:\-]?\s*", re.I)
+
+
+def normalise(text: str) -> str:
+    """'**Yes.**' -> 'yes'; 'Answer: 42' -> '42'. Lower case, no markup or end punctuation.
+
+    The one notion of "the same answer": vote counts by it, and `nothing_to_judge` uses it
+    to see that every candidate agrees."""
+    t = text.strip().strip("`*_ \n").lower()
+    t = _PREFIX.sub("", t)
+    t = re.sub(r"\s+", " ", t)
+    return t.strip(" .!?;:\"'*_`")
+
+
+def nothing_to_judge(candidates: list[MemberResult]) -> str | None:
+    """Why the judge need not be asked: nothing to choose between (else None). The engine
+    applies it before modes that allow the shortcut; verified to its own judge pool."""
+    if len(candidates) == 1:
+        return "single_candidate"
+    if len({normalise(c.content or "") for c in candidates}) == 1:
+        return "identical_candidates"
+    return None
+
+
 def similarity(a: str, b: str) -> float:
     return SequenceMatcher(None, a, b, autojunk=False).ratio()
 
@@ -139,6 +163,10 @@ class JudgeSeat:
 
 
 class Judge:
+    """Asks for verdicts, and owns the `JudgeResult` that records them: the engine and the
+    modes read `result` and record through the methods below (skip, show, fall_back,
+    demote), never by assigning its fields."""
+
     def __init__(
         self,
         seat: JudgeSeat,
@@ -150,6 +178,8 @@ class Judge:
         call_timeout: float = 120.0,
         demote_suspicious: bool = True,
         both_orders: bool = False,
+        shuffle_seed: int | None = None,
+        defused: dict[int, list[str]] | None = None,
     ) -> None:
         self.seat = seat
         # Policies best-of applies (docs/judge.md): candidates whose text was defused lose
@@ -161,9 +191,35 @@ class Judge:
         self._headers = headers
         self._end = end  # time.monotonic() deadline
         self._call_timeout = call_timeout  # per judge call, like a member's timeout
-        self.result = JudgeResult(model=seat.label, status="skipped")
+        self.result = JudgeResult(model=seat.label, status="skipped",
+                                  shuffle_seed=shuffle_seed, defused=defused or {})
         self._elapsed = 0.0
         self._cost_unknown = False
+        self._shown = False
+
+    @property
+    def shown(self) -> bool:
+        """Whether a mode said which candidates the judge saw (`show`)."""
+        return self._shown
+
+    def show(self, labeled: list[Labeled]) -> None:
+        """Record which label the judge sees for which member (empty: it saw none)."""
+        self.result.labels = {item.label: item.member.index for item in labeled}
+        self._shown = True
+
+    def skip(self, reason: str) -> None:
+        """Record why the judge is not asked. Only while it was never asked and no reason
+        is recorded yet: vote, say, calls it at the end whatever happened before."""
+        if self.result.status == "skipped" and self.result.reason is None:
+            self.result.reason = reason
+
+    def fall_back(self, reason: str) -> None:
+        """The judge answered but its verdict cannot stand; the mode applies its rule."""
+        self.result.status, self.result.reason = "fallback", reason
+
+    def demote(self, members: list[int]) -> None:
+        """Record the members kept from the judge (best-of: they addressed it)."""
+        self.result.demoted = list(members)
 
     @property
     def elapsed_ms(self) -> float:
@@ -208,8 +264,7 @@ class Judge:
         messages = [Message("system", system), Message("user", prompt)]
         params = seat.params
         if seat.provider.supports_json_schema:
-            params = GenerationParams(temperature=params.temperature, max_tokens=params.max_tokens,
-                                      seed=params.seed, json_schema=schema)
+            params = replace(params, json_schema=schema)  # every other field kept as set
         for _ in range(2):  # one corrective retry
             remaining = min(self._end - time.monotonic(), self._call_timeout)
             if remaining <= 0:

@@ -18,6 +18,7 @@ from ..evals.configs import build_configs
 from ..evals.grade import MEMORY_MB, TIMEOUT_S
 from ..evals.runner import Runner
 from ..evals.store import RunDir
+from ..plan import select
 from .common import handle_errors
 from .eval_progress import EvalProgress
 
@@ -92,14 +93,14 @@ def register(app: typer.Typer) -> None:
         problems = dataset.select(dataset.load(name), every=every, limit=limit)
         report.require_matplotlib()
         cfg = load_config(config, offline=offline or None)
-        chosen = cfg.preset(preset) if preset else (None if model else cfg.default())
-        panel = list(model or (chosen.models if chosen else ()))
-        judge_spec = judge or (chosen.judge if chosen else None) or panel[0]
-        modes = list(mode or [chosen.mode if chosen else "merge"])
-        options: dict[str, Any] = {**(chosen.options if chosen else {}),
-                                   "timeout": EVAL_TIMEOUT_S, "deadline": EVAL_DEADLINE_S}
-        if max_tokens is not None:
-            options["max_tokens"] = max_tokens  # Fusion refuses < 1 with a clear message
+        # The panel, judge, mode and options as `fusion ask` would resolve them (plan.py);
+        # the eval's own timeouts and max_tokens override the preset's.
+        chosen = select(cfg, model, judge, None, preset,
+                        {"timeout": EVAL_TIMEOUT_S, "deadline": EVAL_DEADLINE_S,
+                         "max_tokens": max_tokens})  # Fusion refuses < 1 with a clear message
+        panel, judge_spec = chosen.models, chosen.judge
+        modes = list(mode or [chosen.mode])
+        options: dict[str, Any] = chosen.options
         options.setdefault("max_tokens", DEFAULT_MAX_TOKENS)
         if temperature is not None:
             options["temperature"] = temperature
@@ -110,7 +111,7 @@ def register(app: typer.Typer) -> None:
         runner = Runner(configs=configs, problems=problems, run_dir=run_dir, config=cfg,
                         options=options, seed=seed, replay=replay, records={})
         # Every config is resolved (specs, keys, modes, local models) before anything runs.
-        fusions = {c.name: runner.fusion(c, seed) for c in configs}
+        fusions = {c.name: runner.fusion(c) for c in configs}
         run_dir.prepare(fresh=fresh)
         common = {
             "dataset": name.lower(), "prompt_template": dataset.PROMPT_TEMPLATE,

@@ -77,10 +77,9 @@ def register(app: typer.Typer) -> None:
         # The default panel is the embedded one, whatever default_preset a config names:
         # code leaves the machine only when the user names a remote model or preset.
         fusion = Fusion(
-            model or None, judge, "review",
-            preset=preset or (None if model else DEFAULT_LOCAL_PRESET.name),
-            config=config, offline=offline or None, system=REVIEW_SYSTEM,
-            skills=skills, response_schema=MEMBER_SCHEMA,
+            model or None, judge, "review", preset=preset,
+            default_preset=DEFAULT_LOCAL_PRESET.name, config=config, offline=offline or None,
+            system=REVIEW_SYSTEM, skills=skills, response_schema=MEMBER_SCHEMA,
             max_tokens=max_tokens, timeout=timeout, seed=seed,
             deadline=deadline or REVIEW_DEADLINE,
         )

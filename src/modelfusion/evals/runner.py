@@ -1,6 +1,7 @@
 """The eval loop: problem-major (each problem through every config before the next), so a
 partial run still compares every config on the same problems. Every config runs through
-`Fusion`; this module only chooses what to run, grades it and records it.
+one `Fusion`, built once and run once per problem with that problem's seed; this module
+only chooses what to run, grades it and records it.
 """
 
 from __future__ import annotations
@@ -46,25 +47,37 @@ class Runner:
     on_record: RecordHook | None = None
     on_problem: Callable[[], object] | None = None
     _grades: dict[tuple[str, str], Grade] = field(default_factory=dict, init=False)
+    _fusions: dict[str, Fusion] = field(default_factory=dict, init=False)
+    _pool: ProviderPool | None = field(default=None, init=False)
 
     def pending(self) -> int:
         return sum((c.name, p.task_id) not in self.records
                    for p in self.problems for c in self.configs)
 
-    def fusion(self, cfg: EvalConfig, seed: int, pool: ProviderPool | None = None) -> Fusion:
-        """The Fusion for one config (also used up front to check every config)."""
-        options = dict(self.options)
-        seats = sum(parse_spec(m).count for m in cfg.models)
-        if options.get("quorum") and options["quorum"] > seats:
-            options.pop("quorum")  # a solo member cannot wait for a quorum of three
-        return Fusion(list(cfg.models), judge=cfg.judge, mode=cfg.mode, config=self.config,
-                      pool=pool, seed=seed, **options)
+    @property
+    def pool(self) -> ProviderPool:
+        """Every config's providers: replayed from the run folder's cache, or live."""
+        if self._pool is None:
+            self._pool = (ReplayPool(self.config, CallCache(self.run_dir.calls_path))
+                          if self.replay else LivePool(self.config))
+        return self._pool
+
+    def fusion(self, cfg: EvalConfig) -> Fusion:
+        """The one Fusion of a config, built (so checked) on first use: the CLI asks for
+        every config's up front. It carries the base seed (settings.json records each
+        seat's offset from it); each problem runs it with the problem's own seed."""
+        if cfg.name not in self._fusions:
+            options = dict(self.options)
+            seats = sum(parse_spec(m).count for m in cfg.models)
+            if options.get("quorum") and options["quorum"] > seats:
+                options.pop("quorum")  # a solo member cannot wait for a quorum of three
+            self._fusions[cfg.name] = Fusion(
+                list(cfg.models), judge=cfg.judge, mode=cfg.mode, config=self.config,
+                pool=self.pool, seed=self.seed, **options)
+        return self._fusions[cfg.name]
 
     async def run(self) -> None:
-        if self.replay:
-            pool: ProviderPool = ReplayPool(self.config, CallCache(self.run_dir.calls_path))
-        else:
-            pool = LivePool(self.config)
+        pool = self.pool
         try:
             with self.run_dir.appender() as writer:
                 for problem in self.problems:
@@ -74,7 +87,7 @@ class Runner:
                             continue
                         if self.on_start is not None:
                             self.on_start(cfg, problem)
-                        record = await self._one(pool, cfg, problem)
+                        record = await self._one(cfg, problem)
                         writer.append(record)
                         self.records[(cfg.name, problem.task_id)] = record
                         ran = True
@@ -85,16 +98,16 @@ class Runner:
         finally:
             await pool.aclose()
 
-    async def _one(self, pool: ProviderPool, cfg: EvalConfig, problem: Problem) -> EvalRecord:
+    async def _one(self, cfg: EvalConfig, problem: Problem) -> EvalRecord:
         seed = problem_seed(self.seed, problem)
-        fusion = self.fusion(cfg, seed, pool)
+        fusion = self.fusion(cfg)
         tally = ReplayTally()
         token = TALLY.set(tally)  # the panel's tasks inherit it
         started = time.monotonic()
         result: FusionResult | None = None
         failure: AllMembersFailed | BudgetExceeded | None = None
         try:
-            result = await fusion.run(problem.messages())
+            result = await fusion.run(problem.messages(), seed=seed)
         except (AllMembersFailed, BudgetExceeded) as e:
             failure = e
         finally:

@@ -1,12 +1,14 @@
 """What a mode is: a small async strategy from (request, candidates, judge) to an outcome.
 
-A new mode is one module with one function decorated by `@register("name")`.
+A new mode is one module with one function decorated by `@register("name")`. A mode that
+reports something even when the candidates leave nothing to choose (one answered, or all
+agree) registers with `shortcut=False`; otherwise the engine answers without it then.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..judge import JUDGE_RULES, Judge, Labeled, anonymise, fence, render_request
@@ -60,18 +62,27 @@ class ModeOutcome:
     chosen: str | None = None
     reason: str | None = None
     checks: ChecksReport | None = None  # verified mode
-    # Which label the judge saw for which member; None: every candidate, as ctx.labeled().
-    labels: dict[str, int] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 ModeFn = Callable[[ModeContext], Awaitable[ModeOutcome]]
-MODES: dict[str, ModeFn] = {}
 
 
-def register(name: str) -> Callable[[ModeFn], ModeFn]:
+@dataclass(frozen=True, slots=True)
+class ModeSpec:
+    name: str
+    run: ModeFn
+    # The engine may skip the mode (and the judge) when the candidates leave nothing to
+    # choose (`judge.nothing_to_judge`). False: the mode reports something even then (vote
+    # its split, verified the checks each passed, review the agreement) and decides itself.
+    shortcut: bool = True
+
+
+MODES: dict[str, ModeSpec] = {}
+
+
+def register(name: str, *, shortcut: bool = True) -> Callable[[ModeFn], ModeFn]:
     def deco(fn: ModeFn) -> ModeFn:
-        MODES[name] = fn
+        MODES[name] = ModeSpec(name, fn, shortcut)
         return fn
 
     return deco

@@ -37,7 +37,7 @@ def _pool(ctx: ModeContext) -> list[MemberResult]:
     clean = [m for m in ctx.candidates if m.index not in flagged]
     if not clean:
         return ctx.candidates
-    ctx.judge.result.demoted = [m.index for m in ctx.candidates if m.index in flagged]
+    ctx.judge.demote([m.index for m in ctx.candidates if m.index in flagged])
     return clean
 
 
@@ -61,7 +61,7 @@ async def pick_best(ctx: ModeContext, labeled: list[Labeled], *, evidence: str =
 
 async def _pick(ctx: ModeContext, pool: list[MemberResult]) -> tuple[Labeled, str] | object:
     labeled = ctx.labeled(pool)
-    ctx.judge.result.labels = {item.label: item.member.index for item in labeled}
+    ctx.judge.show(labeled)  # the first order: the one the verdict stands on
     first = await _ask(ctx, labeled)
     if first is None or not ctx.judge.both_orders:
         return first
@@ -70,7 +70,7 @@ async def _pick(ctx: ModeContext, pool: list[MemberResult]) -> tuple[Labeled, st
     if second is None:
         return None  # a judge failure in either order is a judge failure
     if second[0].member is not first[0].member:
-        ctx.judge.result.status, ctx.judge.result.reason = "fallback", "judge_inconsistent"
+        ctx.judge.fall_back("judge_inconsistent")
         return INCONSISTENT
     return first
 
@@ -79,7 +79,7 @@ async def _pick(ctx: ModeContext, pool: list[MemberResult]) -> tuple[Labeled, st
 async def best_of(ctx: ModeContext) -> ModeOutcome:
     pool = _pool(ctx)
     if len(pool) == 1:
-        ctx.judge.result.reason = "suspicious_candidates"
+        ctx.judge.skip("suspicious_candidates")
         chosen = pool[0]
         return ModeOutcome(answer=chosen.content or "", chosen=chosen.model,
                            reason="the only candidate that did not address the judge")

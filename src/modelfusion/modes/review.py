@@ -89,7 +89,8 @@ def _validator(by_id: dict[str, Finding]) -> Any:
     return validate
 
 
-@register("review")
+# Identical reviews still count: agreed_by is the point, so the engine must not skip.
+@register("review", shortcut=False)
 async def review(ctx: ModeContext) -> ModeOutcome:
     diff_lines = lines_in(ctx.messages)
     files = list(diff_lines)
@@ -108,7 +109,7 @@ async def review(ctx: ModeContext) -> ModeOutcome:
     grouping = "none"
     merged: list[Finding]
     if len(reporting) < 2:  # nothing to merge across members: the judge is not needed
-        ctx.judge.result.reason = "nothing_to_merge"
+        ctx.judge.skip("nothing_to_merge")
         merged = [replace(f, panel=panel) for f in every]
     else:
         added = {ln.new for lines in diff_lines.values() for ln in lines

@@ -37,12 +37,11 @@ import weakref
 from ..code.checks import Check, CheckSpec, find_checks
 from ..code.extract import defines, extract_code
 from ..code.harness import CheckRun, run_checks
-from ..judge import Labeled, consensus_pick
+from ..judge import Labeled, consensus_pick, nothing_to_judge
 from ..text import clip
 from ..types import CandidateChecks, CheckOutcome, ChecksReport, MemberResult
 from .base import ModeContext, ModeOutcome, register
 from .best_of import pick_best
-from .vote import normalise
 
 CONCURRENCY = 2  # sandboxes at once in this process, all fusions together
 TIMEOUT_S = 10.0  # per candidate: every check, plus loading its code
@@ -50,7 +49,8 @@ MEMORY_MB = 512
 _MIN_RUN_S = 0.5  # less fusion deadline left than this: the candidate is not run
 
 
-@register("verified")
+# Even one candidate is run against the checks: the result says which it passed.
+@register("verified", shortcut=False)
 async def verified(ctx: ModeContext) -> ModeOutcome:
     spec = await asyncio.to_thread(find_checks, ctx.messages)  # CPU work: off the loop
     report = await _check_all(ctx, spec)
@@ -59,10 +59,11 @@ async def verified(ctx: ModeContext) -> ModeOutcome:
                       if n and kind != "probe")
     if report.rule == "one_passed":
         winner = by_index[report.passing[0]]
-        ctx.judge.result.reason = "one_candidate_passed_checks"
+        ctx.judge.skip("one_candidate_passed_checks")
+        ctx.judge.show([])
         reason = f"the only candidate passing all {spec.total} visible checks ({found})"
         return ModeOutcome(answer=winner.content or "", chosen=winner.model, reason=reason,
-                           checks=report, labels={})
+                           checks=report)
     if report.rule == "several_passed":
         pool = [by_index[i] for i in report.passing]
         head = f"{len(pool)} candidates passed all {spec.total} visible checks ({found})"
@@ -83,14 +84,16 @@ async def verified(ctx: ModeContext) -> ModeOutcome:
 async def _judge(ctx: ModeContext, pool: list[MemberResult], report: ChecksReport,
                  spec: CheckSpec, head: str, evidence: str | None) -> ModeOutcome:
     ranked = _fallback_order(pool, report)
-    skip = _skip(pool)
+    skip = nothing_to_judge(pool)
     if skip:
-        ctx.judge.result.reason = skip
+        ctx.judge.skip(skip)
+        ctx.judge.show([])
         winner = ranked[0]
         return ModeOutcome(answer=winner.content or "", chosen=winner.model,
                            reason=f"{head}; judge skipped ({skip.replace('_', ' ')})",
-                           checks=report, labels={})
+                           checks=report)
     labeled = ctx.labeled(pool)
+    ctx.judge.show(labeled)  # the pool may be a subset: say which the judge saw
     if evidence is None:
         evidence = _failures(labeled, report, spec)
     picked = await pick_best(ctx, labeled, evidence=evidence)
@@ -104,8 +107,7 @@ async def _judge(ctx: ModeContext, pool: list[MemberResult], report: ChecksRepor
         winner, judge_reason = picked
         reason = f"{head}; judge: {judge_reason}"
     return ModeOutcome(answer=winner.content or "", chosen=winner.model, reason=reason,
-                       checks=report,
-                       labels={item.label: item.member.index for item in labeled})
+                       checks=report)
 
 
 def _by_agreement(candidates: list[MemberResult], report: ChecksReport, spec: CheckSpec
@@ -122,14 +124,6 @@ def _by_agreement(candidates: list[MemberResult], report: ChecksReport, spec: Ch
     pool = [m for m in candidates if agreement[m.index] == top]
     return pool, (f"{head}; ranked by behaviour on {spec.probes} example inputs: the judge "
                   f"saw the {len(pool)} candidates whose outputs agree with the most others")
-
-
-def _skip(pool: list[MemberResult]) -> str | None:
-    if len(pool) == 1:
-        return "single_candidate"
-    if len({normalise(m.content or "") for m in pool}) == 1:
-        return "identical_candidates"
-    return None
 
 
 def _fallback_order(pool: list[MemberResult], report: ChecksReport) -> list[MemberResult]:

@@ -5,23 +5,14 @@ The judge is used only to map free-text answers to short labels and to break a t
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from typing import Any
 
+from ..judge import normalise
 from ..types import MemberResult, Votes, VoteSplit
 from .base import ModeContext, ModeOutcome, choice_schema, pick_label, register
 
 MAX_LABEL_WORDS = 4
-_PREFIX = re.compile(r"^(?:final answer|the answer is|answer)\s*[:\-]?\s*", re.I)
-
-
-def normalise(text: str) -> str:
-    """'**Yes.**' -> 'yes'; 'Answer: 42' -> '42'. Lower case, no markup or end punctuation."""
-    t = text.strip().strip("`*_ \n").lower()
-    t = _PREFIX.sub("", t)
-    t = re.sub(r"\s+", " ", t)
-    return t.strip(" .!?;:\"'*_`")
 
 
 def is_label(text: str) -> bool:
@@ -77,7 +68,7 @@ async def _break_tie(ctx: ModeContext, tied: list[str], by_member: dict[int, str
     return by_member[verdict[0].member.index]
 
 
-@register("vote")
+@register("vote", shortcut=False)  # the split is the answer, unanimous or not
 async def vote(ctx: ModeContext) -> ModeOutcome:
     by_member = await _labels(ctx)
     counts = Counter(by_member.values())
@@ -93,7 +84,6 @@ async def vote(ctx: ModeContext) -> ModeOutcome:
     ]
     summary = f"{winner}: {counts[winner]} of {total}, {round(100 * counts[winner] / total)} %"
     votes = Votes(winner=winner, split=split, total=total, tie=len(tied) > 1, summary=summary)
-    if ctx.judge.result.status == "skipped" and ctx.judge.result.reason is None:
-        # Say why no judge was asked, as the other modes do when they skip it.
-        ctx.judge.result.reason = "single_candidate" if total == 1 else "short_answers_no_tie"
+    # Say why no judge was asked (if none was), as the other modes do when they skip it.
+    ctx.judge.skip("single_candidate" if total == 1 else "short_answers_no_tie")
     return ModeOutcome(answer=winner, votes=votes, reason=summary)

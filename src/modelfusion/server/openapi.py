@@ -2,16 +2,17 @@
 
 The route parses the raw body itself (schemas.py: every refusal names its field), so
 FastAPI cannot derive a schema; this one is built from the same tables the parser uses
-(ROLES, OPTION_TYPES, STANDARD_OPTIONS, the modes) and the engine's ranges
-(`FusionOptions.validate`), so clients and fuzzers see what the server accepts.
+(ROLES, OPTION_TYPES, STANDARD_OPTIONS, the modes) and the engine's option rules
+(options.RULES, which `FusionOptions.validate` applies), so clients and fuzzers see what
+the server accepts.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..fusion import MAX_SECONDS
 from ..modes import MODES
+from ..options import RULES, Rule
 from .schemas import OPTION_TYPES, ROLES
 from .settings import ServerSettings
 
@@ -20,25 +21,35 @@ SPEC: dict[str, Any] = {
     "description": "provider:model, optionally *N for N samples; a provider configured on "
                    "the server (never a URL)",
 }
-_RANGES: dict[str, dict[str, Any]] = {
-    "quorum": {"minimum": 1}, "rounds": {"minimum": 0, "maximum": 5},
-    "retries": {"minimum": 0, "maximum": 10},
-    "temperature": {"minimum": 0, "maximum": 2}, "judge_temperature": {"minimum": 0, "maximum": 2},
-    "timeout": {"exclusiveMinimum": 0, "maximum": MAX_SECONDS},
-    "deadline": {"exclusiveMinimum": 0, "maximum": MAX_SECONDS},
-    "retry_backoff": {"minimum": 0, "maximum": 60},
-    "max_cost": {"exclusiveMinimum": 0}, "max_total_tokens": {"minimum": 1},
-    "judge_max_tokens": {"minimum": 1},
-}
 _JSON_TYPES: dict[tuple[type, ...], str] = {(int,): "integer", (int, float): "number",
                                              (str,): "string", (bool,): "boolean"}
+# The shipped packs by name: one name or a list of them (never a path).
+SKILLS = {"anyOf": [{"type": "array", "items": {"type": "string", "minLength": 1}},
+                    {"type": "string", "minLength": 1}]}
+
+
+def _range(rule: Rule) -> dict[str, Any]:
+    """JSON Schema bounds of one option (quorum's upper bound depends on the panel)."""
+    out: dict[str, Any] = {}
+    if rule.minimum is not None:
+        out["exclusiveMinimum" if rule.above_minimum else "minimum"] = rule.minimum
+    if rule.maximum is not None:
+        out["maximum"] = rule.maximum
+    return out
+
+
+_RANGES: dict[str, dict[str, Any]] = {
+    name: bounds for name, rule in RULES.items() if (bounds := _range(rule))}
 
 
 def chat_request_schema(settings: ServerSettings) -> dict[str, Any]:
     tokens = {"type": "integer", "minimum": 1, "maximum": settings.max_tokens_cap}
     options: dict[str, Any] = {}
     for name, types in OPTION_TYPES.items():
-        options[name] = {"type": _JSON_TYPES[types], **_RANGES.get(name, {})}
+        if name == "skills":
+            options[name] = SKILLS
+        else:
+            options[name] = {"type": _JSON_TYPES[types], **_RANGES.get(name, {})}
     options["max_tokens"] = tokens
     options["fallback_judge"] = SPEC
     models = {"description": f"the panel: at most {settings.max_members} seats "

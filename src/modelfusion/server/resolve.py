@@ -2,8 +2,10 @@
 
 `model` picks the target: `fusion` (the default preset), `fusion/<preset>`, or a plain
 `provider:model` (passthrough: a one-member Fusion, so the judge is skipped). Everything
-the request names is checked here, field by field, before anything is sent upstream, so a
-refusal can name its field. Requests name configured providers only, never URLs.
+the request names is checked before anything is sent upstream, and a refusal names its
+field: specs here, options by the engine (`UsageError.option`, mapped back to where the
+request set it). Which preset, judge and mode apply is the engine's rule (`plan.select`).
+Requests name configured providers only, never URLs.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from typing import Any
 
 from ..config import Config, Preset, parse_spec
 from ..errors import ConfigError, UsageError
-from ..fusion import DEPTH_HEADER, Fusion, FusionOptions, ProviderPool
+from ..fusion import DEPTH_HEADER, Fusion, ProviderPool
 from ..modes import MODES
+from ..plan import select
 from .errors import ApiError, bad_request, usage_error
 from .schemas import ChatRequest
 from .settings import ServerSettings
@@ -70,13 +73,14 @@ def prepare(req: ChatRequest, config: Config, pool: ProviderPool, settings: Serv
             raise bad_request(f"{seats} panel members: at most {settings.max_members} per "
                               "request (model*N counts N)", where, "too_many_members")
 
-    # The preset that supplies defaults: `fusion/<p>` always; plain `fusion` only when the
-    # request lists no models (as on the CLI: -m without --preset means no preset).
-    preset = target_preset if spec_target is None and not (
-        req.model == "fusion" and req.models) else None
-    models: list[str] = req.models or (list(preset.models) if preset else [str(spec_target)])
-    judge = req.judge or (spec_target if req.models else None)
-    mode = req.mode
+    # `fusion/<p>` names its preset; plain `fusion` is the CLI without --preset (the
+    # default preset only when the request lists no models); `provider:model` is a member
+    # (the judge, when the request lists models).
+    named = target_preset.name if target_preset and req.model != "fusion" else None
+    chosen = select(config, req.models or ([spec_target] if spec_target else None),
+                    req.judge or (spec_target if req.models else None), req.mode, named)
+    preset, models, mode = chosen.preset, chosen.models, chosen.mode
+    judge: str | None = chosen.judge
     options = dict(req.options)
     passthrough = (spec_target is not None and req.models is None) or depth >= 1
     if passthrough:
@@ -87,8 +91,6 @@ def prepare(req: ChatRequest, config: Config, pool: ProviderPool, settings: Serv
             options.pop(name, None)
         if preset is not None and preset.options.get("quorum") is not None:
             options["quorum"] = 1
-    n_members = sum(parse_spec(s).count for s in models)
-    _check_options(req, options, n_members)
     _cap_max_tokens(req, options, preset, settings)
     options["depth"] = depth
     try:
@@ -96,6 +98,9 @@ def prepare(req: ChatRequest, config: Config, pool: ProviderPool, settings: Serv
                         preset=preset.name if preset else None, config=config, pool=pool,
                         **options)
     except UsageError as e:
+        param = req.params.get(e.option) if e.option else None
+        if param is not None:  # an option the request set: name its field, CLI flags aside
+            raise bad_request(str(e).replace("--", ""), param) from None
         raise usage_error(e, None) from None
     return Prepared(fusion, req, fusion.plan.preset, passthrough)
 
@@ -140,15 +145,6 @@ def check_spec(spec: str, param: str, config: Config,
         raise bad_request(f"{param}: provider {parsed.provider!r} is not enabled on this "
                           f"server; requests may name: {', '.join(sorted(allowed)) or 'none'} "
                           "(or use fusion / fusion/<preset>)", param, "provider_not_allowed")
-
-
-def _check_options(req: ChatRequest, options: dict[str, Any], n_members: int) -> None:
-    """The engine's own range checks, one option at a time, so the 400 names the field."""
-    for name, value in options.items():
-        try:
-            FusionOptions(**{name: value}).validate(n_members)
-        except UsageError as e:
-            raise bad_request(str(e).replace("--", ""), req.params.get(name, name)) from None
 
 
 def _cap_max_tokens(req: ChatRequest, options: dict[str, Any], preset: Preset | None,

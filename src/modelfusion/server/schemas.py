@@ -12,19 +12,15 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..options import REQUEST_OPTIONS, RULES
 from ..types import FusionResult, Message, Usage
 from .errors import bad_request
 
-# Fusion options a request may set in `fusion` (besides models/judge/mode), and their types.
-# `depth` is absent on purpose: the server sets it from X-Fusion-Depth.
+# Fusion options a request may set in `fusion` (besides models/judge/mode), and their types,
+# from the one table (options.py). `depth` is not one: the server sets it from
+# X-Fusion-Depth; nor is `response_schema`. `skills` is parsed on its own (names only).
 OPTION_TYPES: dict[str, tuple[type, ...]] = {
-    "quorum": (int,), "rounds": (int,), "max_tokens": (int,), "retries": (int,),
-    "seed": (int,), "temperature": (int, float), "judge_temperature": (int, float),
-    "timeout": (int, float), "deadline": (int, float), "system": (str,),
-    "fallback_judge": (str,), "max_cost": (int, float), "max_total_tokens": (int,),
-    "judge_max_tokens": (int,), "retry_backoff": (int, float), "demote_suspicious": (bool,),
-    "judge_both_orders": (bool,),
-}
+    name: rule.types for name, rule in RULES.items() if name in REQUEST_OPTIONS}
 # Standard chat-completions fields that map onto fusion options.
 STANDARD_OPTIONS = {"temperature": "temperature", "max_tokens": "max_tokens",
                     "max_completion_tokens": "max_tokens", "seed": "seed"}

@@ -1,0 +1,141 @@
+"""`FusionOptions` and the one table of what each option accepts.
+
+Every option is a field of `FusionOptions`; its `Rule` (types, range, who may set it) rides
+in the field's metadata, so the dataclass *is* the table. Everything else derives from it:
+`FusionOptions.validate`, the options a preset may set (`config.OPTION_NAMES`), the options
+a server request may set and their types (`server/schemas.OPTION_TYPES`) and the ranges in
+the served OpenAPI document (`server/openapi`). A new option is one field here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
+
+from .errors import UsageError
+from .skills import Skill, resolve_skills
+
+MAX_SECONDS = 24 * 3600.0  # a fusion that runs longer than a day is a mistake
+
+T = TypeVar("T")
+INT: tuple[type, ...] = (int,)
+NUMBER: tuple[type, ...] = (int, float)
+STR: tuple[type, ...] = (str,)
+BOOL: tuple[type, ...] = (bool,)
+_KINDS = {INT: "an integer", NUMBER: "a number", STR: "a string", BOOL: "true or false"}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rule:
+    """What one option accepts, and who may set it."""
+
+    types: tuple[type, ...]
+    minimum: float | None = None
+    maximum: float | None = None
+    above_minimum: bool = False  # the minimum itself is refused (a timeout of 0)
+    up_to_members: bool = False  # quorum: at most the number of members
+    flag: bool = False  # messages name it as the CLI flag (--max-tokens), else by its name
+    unit: str = ""  # after the range in messages: " seconds"
+    says: str | None = None  # the range in words, where the numbers read badly
+    preset: bool = True  # a preset in fusion.toml may set it
+    request: bool = True  # a server request may set it (`fusion.NAME`)
+
+    def label(self, name: str) -> str:
+        return "--" + name.replace("_", "-") if self.flag else name
+
+    def wants(self, n_members: int) -> str:
+        """The accepted values in words, as an error message ends."""
+        if self.says is not None:
+            return self.says
+        lo, hi = self.minimum, self.maximum
+        if self.up_to_members:
+            return f"between {lo:g} and the number of members ({n_members})"
+        if lo is not None and hi is not None:
+            return f"between {lo:g} and {hi:g}{self.unit}"
+        if lo is not None:
+            return f"at least {lo:g}{self.unit}"
+        return _KINDS.get(self.types, "of type " + "/".join(t.__name__ for t in self.types))
+
+    def accepts(self, value: Any, n_members: int) -> bool:
+        numeric = self.types in (INT, NUMBER)
+        # bool is an int to Python, never a number to a caller; NaN and infinities are no
+        # amounts (comparisons with NaN are all false, so the range checks catch it too).
+        if not isinstance(value, self.types) or (numeric and isinstance(value, bool)):
+            return False
+        if numeric and isinstance(value, float) and not math.isfinite(value):
+            return False
+        lo = self.minimum
+        hi = n_members if self.up_to_members else self.maximum
+        if lo is not None and not (lo < value if self.above_minimum else lo <= value):
+            return False
+        return hi is None or value <= hi
+
+
+def _option(default: T, types: tuple[type, ...], **rule: Any) -> T:
+    """A FusionOptions field with its rule attached."""
+    return field(default=default, metadata={"rule": Rule(types=types, **rule)})
+
+
+_SECONDS = {"minimum": 0, "maximum": MAX_SECONDS, "above_minimum": True, "flag": True,
+            "unit": " seconds"}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FusionOptions:
+    """Knobs of one fusion. Presets and callers set them by these names."""
+
+    quorum: int | None = _option(None, INT, minimum=1, up_to_members=True, flag=True)
+    rounds: int = _option(1, INT, minimum=0, maximum=5, flag=True)
+    # Members; None = provider default (0.7 for self-fusion copies).
+    temperature: float | None = _option(None, NUMBER, minimum=0, maximum=2)
+    judge_temperature: float = _option(0.0, NUMBER, minimum=0, maximum=2)
+    # Room for a merge answer plus its analysis.
+    judge_max_tokens: int = _option(2048, INT, minimum=1)
+    max_tokens: int | None = _option(None, INT, minimum=1, flag=True)
+    timeout: float = _option(120.0, NUMBER, **_SECONDS)  # per member
+    deadline: float = _option(300.0, NUMBER, **_SECONDS)  # whole fusion
+    retries: int = _option(2, INT, minimum=0, maximum=10)
+    # First backoff in seconds; doubles per attempt.
+    retry_backoff: float = _option(0.5, NUMBER, minimum=0, maximum=60, unit=" seconds")
+    system: str | None = _option(None, STR)
+    seed: int | None = _option(None, INT)  # shuffle seed (and sampling seed where supported)
+    fallback_judge: str | None = _option(None, STR)
+    max_cost: float | None = _option(None, NUMBER, minimum=0, above_minimum=True, flag=True,
+                                     says="a positive amount of USD")  # the whole fusion
+    max_total_tokens: int | None = _option(None, INT, minimum=1, flag=True)
+    # best-of: candidates that address the judge lose; the pick must survive a reversed order.
+    demote_suspicious: bool = _option(True, BOOL)
+    judge_both_orders: bool = _option(False, BOOL)
+    # Instruction packs (names of shipped skills, or Skill objects): their text goes to
+    # every member's system prompt, their rubric to the judge. A request names shipped
+    # packs only (the server parses this one itself: never a path).
+    skills: tuple[str | Skill, ...] = _option((), (tuple, list))
+    # JSON schema the members' answers must follow, where the provider can enforce it
+    # (llama.cpp grammar, OpenAI json_schema). Set by `fusion review`; not a preset option.
+    response_schema: dict[str, Any] | None = _option(None, (dict,), preset=False,
+                                                      request=False)
+    # Fusion depth of the incoming request: the server sets it from X-Fusion-Depth.
+    depth: int = _option(0, INT, preset=False, request=False)
+
+    def validate(self, n_members: int) -> None:
+        """Every option against its rule; the error names the option (`UsageError.option`)."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None and f.default is None:
+                continue  # unset
+            rule: Rule = f.metadata["rule"]
+            if not rule.accepts(value, n_members):
+                raise UsageError(f"{rule.label(f.name)} must be {rule.wants(n_members)}",
+                                 option=f.name)
+        try:
+            resolve_skills(tuple(self.skills))  # an unknown name fails here, listing the known
+        except UsageError as e:
+            e.option = "skills"
+            raise
+
+
+RULES: dict[str, Rule] = {f.name: f.metadata["rule"] for f in fields(FusionOptions)}
+OPTION_FIELDS = frozenset(RULES)
+PRESET_OPTIONS = frozenset(name for name, rule in RULES.items() if rule.preset)
+REQUEST_OPTIONS = frozenset(name for name, rule in RULES.items() if rule.request)
