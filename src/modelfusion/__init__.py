@@ -1,5 +1,6 @@
 """modelfusion: one prompt, a panel of LLMs in parallel, one fused answer."""
 
+from .accounts import Analysis, CandidateChecks, CheckOutcome, ChecksReport, Votes, VoteSplit
 from .config import Config, load_config
 from .errors import (
     AllMembersFailed,
@@ -14,10 +15,6 @@ from .errors import (
 )
 from .fusion import Fusion, FusionOptions, ProviderPool
 from .types import (
-    Analysis,
-    CandidateChecks,
-    CheckOutcome,
-    ChecksReport,
     Completion,
     FusionEvent,
     FusionResult,
@@ -26,8 +23,6 @@ from .types import (
     MemberResult,
     Message,
     Usage,
-    Votes,
-    VoteSplit,
 )
 
 __all__ = [

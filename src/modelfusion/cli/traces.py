@@ -14,9 +14,10 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from ..accounts import ANALYSIS_SECTIONS, Votes
 from ..errors import UsageError
 from ..text import clip
-from ..types import ANALYSIS_SECTIONS, JudgeResult, MemberResult, Votes
+from ..types import JudgeResult, MemberResult
 from .common import cost_text, handle_errors
 
 if TYPE_CHECKING:  # traces pulls in SQLAlchemy: import it only when a command runs

@@ -11,9 +11,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..accounts import Analysis, ChecksReport, Votes
 from ..judge import JUDGE_RULES, Judge, Labeled, anonymise, fence, render_request
 from ..panel import Emit, Member, Panel
-from ..types import Analysis, ChecksReport, FusionEvent, MemberResult, Message, Votes
+from ..types import FusionEvent, MemberResult, Message
 
 if TYPE_CHECKING:
     from ..review.findings import ReviewAnalysis

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..accounts import ANALYSIS_SECTIONS, Analysis
 from ..judge import Labeled, consensus_pick
-from ..types import ANALYSIS_SECTIONS, Analysis
 from .base import ModeContext, ModeOutcome, register
 
 TASK = """Fuse the candidates into the best possible answer to the user's request.

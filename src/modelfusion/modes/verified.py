@@ -34,12 +34,13 @@ import asyncio
 import time
 import weakref
 
+from ..accounts import CandidateChecks, CheckOutcome, ChecksReport
 from ..code.checks import Check, CheckSpec, find_checks
 from ..code.extract import defines, extract_code
 from ..code.harness import CheckRun, run_checks
 from ..judge import Labeled, consensus_pick, nothing_to_judge
 from ..text import clip
-from ..types import CandidateChecks, CheckOutcome, ChecksReport, MemberResult
+from ..types import MemberResult
 from .base import ModeContext, ModeOutcome, register
 from .best_of import pick_best
 

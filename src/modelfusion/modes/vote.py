@@ -8,8 +8,9 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from ..accounts import Votes, VoteSplit
 from ..judge import normalise
-from ..types import MemberResult, Votes, VoteSplit
+from ..types import MemberResult
 from .base import ModeContext, ModeOutcome, choice_schema, pick_label, register
 
 MAX_LABEL_WORDS = 4

@@ -10,20 +10,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from ..accounts import Analysis, ChecksReport, Votes
 from ..errors import RunError
 from ..review.findings import ReviewAnalysis
-from ..types import (
-    Analysis,
-    ChecksReport,
-    FusionResult,
-    JudgeResult,
-    MemberResult,
-    Message,
-    Usage,
-    Votes,
-    spent,
-    to_messages,
-)
+from ..types import FusionResult, JudgeResult, MemberResult, Message, Usage, spent, to_messages
 from .schema import PREVIEW_CHARS
 
 SHORT_ID = 8  # characters of the id that `fusion log` shows and `fusion show` accepts
