@@ -10,42 +10,10 @@ import pytest
 
 from modelfusion import AllMembersFailed, Fusion, FusionResult, UsageError
 from modelfusion.errors import ConfigError, MissingKeyError
-from tests.fake_upstream import FakeUpstream, Fault, RecordedRequest, Reply
+from tests.fake_upstream import Fault, RecordedRequest, Reply
+from tests.helpers import FAST, PANEL, judge_requests, judge_text, make, pick, run
 
-MEMBERS = ["fake:alpha-model", "fake:beta-model", "fake:gamma-model"]
-FAST = {"retry_backoff": 0.01, "seed": 7}
-
-
-def judge_text(req: RecordedRequest) -> str:
-    return "\n".join(m["content"] for m in req.messages)
-
-
-def judge_requests(up: FakeUpstream, model: str = "judge") -> list[RecordedRequest]:
-    return [r for r in up.requests if r.model == model]
-
-
-def pick(content: str):
-    """A judge that picks the candidate whose text contains `content` (whatever its label)."""
-
-    def step(req: RecordedRequest) -> Reply:
-        text = judge_text(req)
-        for label in "ABCDEF":
-            start = text.find(f'label="{label}">')
-            if start != -1 and content in text[start : text.find("</candidate", start)]:
-                return Reply(json.dumps({"reason": "it is right", "choice": label}))
-        return Reply('{"reason": "none", "choice": "Z"}')
-
-    return step
-
-
-async def run(fusion: Fusion, prompt) -> FusionResult:
-    async with fusion:
-        return await fusion.run(prompt)
-
-
-def make(fake_config, models=MEMBERS, **kw) -> Fusion:
-    kw.setdefault("judge", "fake:judge")
-    return Fusion(models, config=fake_config, **{**FAST, **kw})
+MEMBERS = PANEL
 
 
 async def test_best_of_returns_the_chosen_candidate_verbatim(upstream, fake_config):

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from tests.conftest import NetworkBlockedError
 from tests.fake_upstream import FakeUpstream, Fault, RecordedRequest, Reply
+from tests.helpers import NetworkBlockedError
 
 MSGS = [{"role": "user", "content": "what is two plus two"}]
 

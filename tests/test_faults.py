@@ -9,7 +9,7 @@ descriptor beyond the baseline, no fusion slot, no upstream connection the fake 
 (except the ones a `hang` fault holds on purpose: it never reads, so it cannot see the client
 hang up).
 
-Nothing is mocked. The server is uvicorn on 127.0.0.1 in a thread (tests/test_server.py's
+Nothing is mocked. The server is uvicorn on 127.0.0.1 in a thread (tests/helpers.py's
 `start_server`), the client is the real `openai.AsyncOpenAI`, the upstream is the loopback
 `FakeUpstream`. The twelve cases of one fault run concurrently, each with its own model names,
 so the slow faults (hang, drip) cost their timeout once per fault, not twelve times.
@@ -41,8 +41,8 @@ from modelfusion import AllMembersFailed, Fusion
 from modelfusion.config import load_config
 from modelfusion.server import ServerSettings, create_app
 from modelfusion.traces.store import TraceStore
-from tests.fake_upstream import FakeUpstream, Fault, RecordedRequest, Reply
-from tests.test_server import Served, start_server
+from tests.fake_upstream import FakeUpstream, Fault, Reply
+from tests.helpers import Served, smart_judge, start_server
 
 MODES = ("best-of", "merge", "debate", "vote")
 PATHS = ("direct", "server-json", "server-stream")
@@ -58,9 +58,6 @@ MARGIN = 1.5  # seconds of scheduling slack on top of a deadline, on a busy mach
 ASK = [{"role": "user", "content": "What is the capital of France?"}]
 BETA, GAMMA = "Paris.", "Paris, France."  # differ, and both are vote labels (a 1:1 tie)
 HEALTHY_ALPHA = "Paris is the capital city."  # five words: not a vote label
-FUSED = "Paris is the capital of France."
-ANALYSIS = {"consensus": ["Paris"], "contradictions": [], "partial_coverage": [],
-            "unique_insights": [], "blind_spots": []}
 
 
 # ---------------------------------------------------------------- the faults
@@ -97,22 +94,6 @@ FAULTS = [
     # ~2 MB of text: over the provider's max_response_chars (500,000), refused.
     FaultSpec("oversized", Fault("oversized"), "bad_response", False),
 ]
-
-
-def candidate_labels(req: RecordedRequest) -> list[str]:
-    text = "\n".join(str(m.get("content")) for m in req.messages)
-    return sorted(set(re.findall(r'<candidate-[0-9a-f]+ label="([A-Z])">', text)))
-
-
-def smart_judge(req: RecordedRequest) -> Reply:
-    """A judge that answers whichever task it is given, in the schema that task wants."""
-    task = str(req.messages[-1].get("content"))[-1500:]
-    labels = candidate_labels(req)
-    if '"labels"' in task:  # vote: map free-text answers to short labels
-        return Reply(json.dumps({"labels": {label: "paris" for label in labels}}))
-    if '"choice"' in task:  # best-of, or a vote tie-break
-        return Reply(json.dumps({"reason": "correct", "choice": labels[0]}))
-    return Reply(json.dumps({"analysis": ANALYSIS, "answer": FUSED}))  # merge, debate
 
 
 # ---------------------------------------------------------------- what a case saw

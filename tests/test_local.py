@@ -3,7 +3,8 @@ llama.cpp generation with the 0.5B model (small max_tokens, so it stays fast).
 
 Tests that need llama-cpp-python or the model's data packages are marked `local` and skip
 with the reason when those are missing. The 0.5B model is assembled once per session into
-a session home; tests point MODELFUSION_HOME at it (never at the real cache).
+a session home (conftest's `session_home`); tests point MODELFUSION_HOME at it (never at
+the real cache).
 """
 
 from __future__ import annotations
@@ -27,18 +28,7 @@ from modelfusion.providers.base import Provider, build_provider
 from modelfusion.providers.local import catalog as local_models
 from modelfusion.providers.local import runtime as local
 from modelfusion.types import GenerationParams, Message
-from tests.helpers import assembled_home
-
-MODEL = "qwen2.5-coder-0.5b"
-ENTRY = local_models.CATALOG[MODEL]
-HAVE_LLAMA = local.llama_cpp is not None  # the import is guarded in providers/local.py
-HAVE_PARTS = all(local_models._installed(p) for p in ENTRY.parts)
-
-needs_parts = pytest.mark.skipif(
-    not HAVE_PARTS, reason=f"the {MODEL} data packages are not installed "
-                           f"({local_models.INSTALL_HINT})")
-needs_llama = pytest.mark.skipif(
-    not HAVE_LLAMA, reason=f"llama-cpp-python is not installed ({local_models.INSTALL_HINT})")
+from tests.helpers import ENTRY, MODEL, needs_llama, needs_parts
 
 QUESTION = [Message("user", "Write a one-line Python function that adds two numbers.")]
 GREEDY = GenerationParams(temperature=0.0, seed=1234, max_tokens=24)
@@ -46,20 +36,6 @@ GREEDY = GenerationParams(temperature=0.0, seed=1234, max_tokens=24)
 
 # ---------------------------------------------------------------------------------------
 # Fixtures
-
-
-@pytest.fixture(scope="session")
-def session_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A MODELFUSION_HOME holding the assembled, verified 0.5B (assembled once)."""
-    if not HAVE_PARTS:
-        pytest.skip(f"the {MODEL} data packages are not installed")
-    return assembled_home(tmp_path_factory, MODEL)
-
-
-@pytest.fixture
-def model_home(session_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("MODELFUSION_HOME", str(session_home))
-    return session_home
 
 
 @pytest.fixture

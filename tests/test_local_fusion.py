@@ -8,16 +8,14 @@ import pytest
 from modelfusion import Fusion, OfflineError
 from modelfusion.config import DEFAULT_LOCAL_PRESET
 from modelfusion.providers.local import catalog as local_models
-from tests.helpers import fusion
-from tests.test_local import MODEL, model_home, needs_llama, needs_parts, session_home  # noqa: F401
+from tests.helpers import MODEL, fusion, local_model
 
 SMALL = {"max_tokens": 24, "judge_max_tokens": 160, "seed": 7, "temperature": 0.0}
 
 
-@needs_llama
-@needs_parts
+@local_model
 @pytest.mark.parametrize("mode", ["best-of", "merge"])
-async def test_local_fusion_end_to_end(model_home, mode):  # noqa: F811
+async def test_local_fusion_end_to_end(model_home, mode):
     members = [f"local:{MODEL}*2"]
     async with Fusion(members, judge=f"local:{MODEL}", mode=mode, offline=True,
                       **SMALL) as fusion:
