@@ -210,10 +210,14 @@ class Judge:
         if seat.provider.supports_json_schema:
             params = GenerationParams(temperature=params.temperature, max_tokens=params.max_tokens,
                                       seed=params.seed, json_schema=schema)
-        for _ in range(2):  # one corrective retry
+        for attempt in range(2):  # one corrective retry
+            # A retry that runs out of time keeps the first attempt's reason and error (an
+            # upstream error, invalid JSON...): that failure is the cause, the timeout only
+            # ended the attempt to recover from it.
             remaining = min(self._end - time.monotonic(), self._call_timeout)
             if remaining <= 0:
-                self.result.reason = "judge_timeout"
+                if attempt == 0:
+                    self.result.reason = "judge_timeout"
                 return None
             try:
                 async with asyncio.timeout(remaining):
@@ -221,7 +225,8 @@ class Judge:
                         seat.model, messages, params, headers=self._headers
                     )
             except TimeoutError:
-                self.result.reason = "judge_timeout"
+                if attempt == 0:
+                    self.result.reason = "judge_timeout"
                 return None
             except ProviderError as e:
                 self.result.reason = "judge_upstream_error"
