@@ -199,24 +199,6 @@ async def test_member_faults_get_typed_reasons(upstream, fake_config, fault, rea
     assert result.answer == "answer from alpha-model"
 
 
-async def test_persistent_429_costs_exactly_retries_plus_one_calls(upstream, fake_config):
-    upstream.script("beta-model", Fault("status", status=429))
-    upstream.script("judge", pick("alpha"))
-    result = await run(make(fake_config, mode="best-of", retries=3), "q")
-    assert upstream.calls("beta-model") == 4
-    assert result.members[1].reason == "rate_limited"
-    assert result.members[1].attempts == 4
-
-
-async def test_retry_after_is_honoured(upstream, fake_config):
-    upstream.script("beta-model", Fault("status", status=429, retry_after="0.4"), "late beta")
-    upstream.script("judge", pick("beta"))
-    result = await run(make(fake_config, mode="best-of"), "q")
-    first, second = [r.time for r in upstream.requests if r.model == "beta-model"]
-    assert second - first >= 0.4
-    assert result.answer == "late beta"
-
-
 async def test_retry_after_past_the_deadline_fails_at_once(upstream, fake_config):
     upstream.script("beta-model", Fault("status", status=429, retry_after="30"))
     upstream.script("judge", pick("alpha"))
@@ -281,6 +263,18 @@ async def test_judge_failure_reasons(upstream, fake_config, judge_step, reason):
     assert result.judge.status == "fallback"
     assert result.judge.reason == reason
     assert result.analysis is None and result.answer.startswith("answer from")
+
+
+async def test_a_judge_retry_that_runs_out_of_time_keeps_the_first_failure(upstream,
+                                                                           fake_config):
+    """The judge's 500 is retried and the retry hangs into the deadline: the reason is the
+    upstream error that caused the retry (with its message), not the timeout that ended it."""
+    upstream.script("judge", Fault("status", status=500), Fault("hang"))
+    result = await run(make(fake_config, mode="merge", deadline=2), "q")
+    assert upstream.calls("judge") == 2
+    assert (result.judge.status, result.judge.reason) == ("fallback", "judge_upstream_error")
+    assert result.judge.error and "500" in result.judge.error
+    assert result.answer.startswith("answer from")
 
 
 async def test_configured_fallback_judge_takes_over(upstream, fake_config):
