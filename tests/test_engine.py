@@ -200,32 +200,35 @@ async def test_member_faults_get_typed_reasons(upstream, fake_config, fault, rea
 
 
 async def test_retry_after_past_the_deadline_fails_at_once(upstream, fake_config):
+    # Sleeping into the deadline instead would take 16 s (the panel's 80 % of it).
     upstream.script("beta-model", Fault("status", status=429, retry_after="30"))
     upstream.script("judge", pick("alpha"))
     started = time.monotonic()
-    result = await run(make(fake_config, mode="best-of", deadline=3), "q")
-    assert time.monotonic() - started < 2
+    result = await run(make(fake_config, mode="best-of", deadline=20), "q")
+    assert time.monotonic() - started < 8
     assert upstream.calls("beta-model") == 1
     assert result.members[1].reason == "rate_limited"
 
 
 async def test_quorum_cancels_the_stragglers(upstream, fake_config):
-    upstream.script("gamma-model", Reply("slow", delay=5))
+    upstream.script("gamma-model", Reply("slow", delay=30))  # waited for: 30 s
     upstream.script("judge", pick("alpha"))
     started = time.monotonic()
     result = await run(make(fake_config, mode="best-of", quorum=2), "q")
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 10
     gamma = result.members[2]
     assert (gamma.status, gamma.reason) == ("cancelled", "cancelled")
-    assert 0 < gamma.latency_ms < 2000
+    assert 0 < gamma.latency_ms < 10_000
 
 
 async def test_member_timeout_and_deadline(upstream, fake_config):
+    # A hang not cut off by the member timeout would last until the deadline (30 s); one
+    # not cut off by the deadline, until the member timeout (120 s by default).
     upstream.script("gamma-model", Fault("hang"))
     upstream.script("judge", pick("alpha"))
     started = time.monotonic()
-    result = await run(make(fake_config, mode="best-of", timeout=0.5), "q")
-    assert time.monotonic() - started < 3
+    result = await run(make(fake_config, mode="best-of", timeout=2, deadline=30), "q")
+    assert time.monotonic() - started < 10
     assert (result.members[2].status, result.members[2].reason) == ("failed", "timeout")
 
     upstream.script("alpha-model", Fault("hang"))
@@ -233,7 +236,7 @@ async def test_member_timeout_and_deadline(upstream, fake_config):
     started = time.monotonic()
     with pytest.raises(AllMembersFailed) as info:
         await run(make(fake_config, deadline=0.5), "q")
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 10
     assert {m.reason for m in info.value.members} == {"timeout"}
 
 

@@ -315,7 +315,9 @@ def test_body_too_large_is_413(serve: Callable[..., Served]):
 def test_saturated_server_is_429_with_retry_after(serve: Callable[..., Served],
                                                    upstream: FakeUpstream):
     served = serve(max_concurrent=1, retry_after_s=3)
-    upstream.script("slow", Reply("finally", delay=1.0))
+    # The first request holds the only slot for 4 s: room for the two refused requests
+    # below to arrive while it does, on a busy machine too.
+    upstream.script("slow", Reply("finally", delay=4.0))
     results: list[Any] = []
     first = threading.Thread(target=lambda: results.append(served.client().chat.completions
                                                            .create(model="fake:slow",
@@ -330,7 +332,7 @@ def test_saturated_server_is_429_with_retry_after(serve: Callable[..., Served],
     assert error_of(resp)["type"] == "rate_limit_error"
     with pytest.raises(openai.RateLimitError):
         served.client().chat.completions.create(model="fusion", messages=ASK)
-    first.join(10)
+    first.join(30)
     assert results[0].choices[0].message.content == "finally"
     # The slot came back: the next request is served.
     assert served.client().chat.completions.create(model="fusion", messages=ASK)
@@ -356,8 +358,10 @@ def test_deadline_is_504(served: Served, upstream: FakeUpstream):
     for m in ("alpha", "beta", "gamma"):
         upstream.script(m, Fault("hang"))
     started = time.monotonic()
-    resp = served.post({"model": "fusion", "messages": ASK, "fusion": {"deadline": 0.5}})
-    assert time.monotonic() - started < 5
+    # Unenforced, the deadline would leave the hang to the member timeout (30 s).
+    resp = served.post({"model": "fusion", "messages": ASK,
+                        "fusion": {"deadline": 0.5, "timeout": 30}})
+    assert time.monotonic() - started < 10
     assert resp.status_code == 504
     err = error_of(resp)
     assert err["code"] == "deadline_exceeded"
