@@ -29,7 +29,7 @@ from typing import Any
 from ...config import ProviderConfig
 from ...errors import ProviderError
 from ...types import Completion, GenerationParams, Message, Usage
-from ..base import DeltaCallback, register_kind
+from ..protocol import DeltaCallback, register_kind
 from . import catalog
 from .loader import (
     DEFAULT_MEMORY_MB,
