@@ -37,3 +37,5 @@ def _load_builtin(kind: str) -> None:
         from . import openai_compat  # noqa: F401
     elif kind == "local":
         from .local import runtime  # noqa: F401
+    elif kind == "scripted":  # modelfusion.testing: scripted replies for users' tests
+        from .. import testing  # noqa: F401
