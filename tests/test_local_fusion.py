@@ -46,7 +46,7 @@ def test_default_preset_is_the_local_panel_when_nothing_is_configured(tmp_path, 
 
 
 @pytest.mark.parametrize("spec", ["openai:gpt-4o-mini", "openrouter:x/y", "ollama:qwen"])
-def test_offline_refuses_every_network_provider(spec, monkeypatch, upstream):
+def test_offline_refuses_every_network_provider(spec, monkeypatch, upstream, tmp_path):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-x")
     monkeypatch.setenv("OPENROUTER_API_KEY", "sk-y")
     with pytest.raises(OfflineError, match="offline mode is on"):
@@ -54,8 +54,12 @@ def test_offline_refuses_every_network_provider(spec, monkeypatch, upstream):
     monkeypatch.setenv("FUSION_OFFLINE", "1")
     with pytest.raises(OfflineError):
         Fusion([spec])
-    with pytest.raises(OfflineError):  # a judge counts too
-        Fusion(["local:qwen2.5-coder-0.5b"], judge=spec)
+    # A member offline mode allows (`remote = false`: no llama-cpp-python needed to check
+    # this, unlike a local: member), and a judge that it does not: a judge counts too.
+    config = tmp_path / "fusion.toml"
+    config.write_text(f'[providers.lan]\nbase_url = "{upstream.base_url}"\nremote = false\n')
+    with pytest.raises(OfflineError):
+        Fusion(["lan:m"], judge=spec, config=config)
     assert upstream.requests == []
 
 
