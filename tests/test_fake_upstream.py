@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from tests.conftest import NetworkBlockedError
 from tests.fake_upstream import FakeUpstream, Fault, RecordedRequest, Reply
+from tests.helpers import NetworkBlockedError
 
 MSGS = [{"role": "user", "content": "what is two plus two"}]
 
@@ -76,13 +76,13 @@ def test_stream_without_include_usage_has_no_usage_chunk(client: openai.OpenAI) 
 
 
 async def test_async_client_and_concurrent_delays(upstream: FakeUpstream) -> None:
-    upstream.script("slow", Reply("done", delay=0.3))
+    upstream.script("slow", Reply("done", delay=1.0))
     async with openai.AsyncOpenAI(base_url=upstream.base_url, api_key="test", max_retries=0) as c:
         t0 = time.monotonic()
         rs = await asyncio.gather(
             *(c.chat.completions.create(model="slow", messages=MSGS) for _ in range(8))
         )
-        assert time.monotonic() - t0 < 1.5  # served concurrently, not one after another
+        assert time.monotonic() - t0 < 4  # served concurrently, not one after another (8 s)
         assert {r.choices[0].message.content for r in rs} == {"done"}
         stream = await c.chat.completions.create(model="m2", messages=MSGS, stream=True)
         parts = [ch.choices[0].delta.content or "" async for ch in stream if ch.choices]
@@ -211,7 +211,7 @@ def test_hang_ends_by_client_timeout(upstream: FakeUpstream, client: openai.Open
     t0 = time.monotonic()
     with pytest.raises(openai.APITimeoutError):
         ask(client, timeout=0.3)
-    assert time.monotonic() - t0 < 1.5
+    assert time.monotonic() - t0 < 10  # the hang itself lasts until stop()
 
 
 def test_drip(upstream: FakeUpstream, client: openai.OpenAI) -> None:
@@ -262,7 +262,7 @@ def test_stop_is_prompt_with_a_hanging_connection() -> None:
     assert up.calls("m1") == 1
     t0 = time.monotonic()
     up.stop()
-    assert time.monotonic() - t0 < 2
+    assert time.monotonic() - t0 < 5  # a stop stuck on the hang would wait out its 2 x 5 s
     assert not any(t.name == "fake-upstream" and t.is_alive() for t in threading.enumerate())
     with contextlib.suppress(ConnectionResetError):
         assert sock.recv(1) == b""  # the server closed the connection

@@ -4,9 +4,8 @@ fault matrix."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import jsonschema
 import pytest
@@ -15,42 +14,9 @@ from modelfusion import Fusion
 from modelfusion.cli.serve import allowed_providers
 from modelfusion.config import load_config
 from modelfusion.errors import ConfigError
-from modelfusion.server import ServerSettings, create_app
 from modelfusion.server.settings import default_allowed_providers
-from modelfusion.traces.store import TraceStore
 from tests.fake_upstream import FakeUpstream, Fault
-from tests.test_engine import pick
-from tests.test_server import ASK, VERDICT, Served, error_of, start_server, write_config
-
-
-@pytest.fixture
-def server_config(upstream: FakeUpstream, tmp_path: Path) -> Path:
-    upstream.script("judge", VERDICT)
-    return write_config(tmp_path / "fusion.toml", upstream.base_url)
-
-
-@pytest.fixture
-def serve(server_config: Path, tmp_path: Path) -> Iterator[Callable[..., Served]]:
-    """serve(**settings) -> a running server (SQLite traces), as in test_server.py."""
-    started: list[Served] = []
-
-    def make(**settings: Any) -> Served:
-        store = TraceStore.open(f"sqlite:///{tmp_path / f'traces{len(started)}.db'}")
-        app = create_app(load_config(server_config), store, ServerSettings(**settings))
-        started.append(start_server(app, store))
-        return started[-1]
-
-    yield make
-    for s in started:
-        s.stop()
-        assert s.store is not None
-        s.store.close()
-
-
-@pytest.fixture
-def served(serve: Callable[..., Served]) -> Served:
-    return serve()
-
+from tests.helpers import ASK, Served, error_of, pick
 
 # ---------------------------------------------------------------- 11: the OpenAPI document
 

@@ -8,16 +8,14 @@ import pytest
 from modelfusion import Fusion, OfflineError
 from modelfusion.config import DEFAULT_LOCAL_PRESET
 from modelfusion.providers.local import catalog as local_models
-from tests.helpers import fusion
-from tests.test_local import MODEL, model_home, needs_llama, needs_parts, session_home  # noqa: F401
+from tests.helpers import MODEL, fusion, local_model
 
 SMALL = {"max_tokens": 24, "judge_max_tokens": 160, "seed": 7, "temperature": 0.0}
 
 
-@needs_llama
-@needs_parts
+@local_model
 @pytest.mark.parametrize("mode", ["best-of", "merge"])
-async def test_local_fusion_end_to_end(model_home, mode):  # noqa: F811
+async def test_local_fusion_end_to_end(model_home, mode):
     members = [f"local:{MODEL}*2"]
     async with Fusion(members, judge=f"local:{MODEL}", mode=mode, offline=True,
                       **SMALL) as fusion:
@@ -48,7 +46,7 @@ def test_default_preset_is_the_local_panel_when_nothing_is_configured(tmp_path, 
 
 
 @pytest.mark.parametrize("spec", ["openai:gpt-4o-mini", "openrouter:x/y", "ollama:qwen"])
-def test_offline_refuses_every_network_provider(spec, monkeypatch, upstream):
+def test_offline_refuses_every_network_provider(spec, monkeypatch, upstream, tmp_path):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-x")
     monkeypatch.setenv("OPENROUTER_API_KEY", "sk-y")
     with pytest.raises(OfflineError, match="offline mode is on"):
@@ -56,8 +54,12 @@ def test_offline_refuses_every_network_provider(spec, monkeypatch, upstream):
     monkeypatch.setenv("FUSION_OFFLINE", "1")
     with pytest.raises(OfflineError):
         Fusion([spec])
-    with pytest.raises(OfflineError):  # a judge counts too
-        Fusion(["local:qwen2.5-coder-0.5b"], judge=spec)
+    # A member offline mode allows (`remote = false`: no llama-cpp-python needed to check
+    # this, unlike a local: member), and a judge that it does not: a judge counts too.
+    config = tmp_path / "fusion.toml"
+    config.write_text(f'[providers.lan]\nbase_url = "{upstream.base_url}"\nremote = false\n')
+    with pytest.raises(OfflineError):
+        Fusion(["lan:m"], judge=spec, config=config)
     assert upstream.requests == []
 
 

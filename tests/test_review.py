@@ -26,7 +26,7 @@ from modelfusion.review.runner import REVIEW_SYSTEM, prompt
 from modelfusion.review.sarif import to_sarif
 from modelfusion.types import Message
 from tests.fake_upstream import Reply
-from tests.helpers import fusion
+from tests.helpers import DIFF, fusion
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,41 +34,6 @@ BEFORE = "def total(xs):\n    s = 0\n    for i in range(len(xs)):\n        s += 
          "    return s\n\n\ndef first(xs):\n    return xs[0]\n"
 AFTER = BEFORE.replace("range(len(xs))", "range(len(xs) - 1)").replace(
     "    return xs[0]", "    if not xs:\n        return None\n    return xs[0]")
-DIFF = """diff --git a/added.py b/added.py
-new file mode 100644
-index 0000000..07f33c4
---- /dev/null
-+++ b/added.py
-@@ -0,0 +1,2 @@
-+new
-+file
-diff --git a/calc.py b/calc.py
-index fb6d871..6a85d70 100644
---- a/calc.py
-+++ b/calc.py
-@@ -1,9 +1,11 @@
- def total(xs):
-     s = 0
--    for i in range(len(xs)):
-+    for i in range(len(xs) - 1):
-         s += xs[i]
-     return s
- 
- 
- def first(xs):
-+    if not xs:
-+        return None
-     return xs[0]
-diff --git a/notes.txt b/notes.txt
-deleted file mode 100644
-index ce01362..0000000
---- a/notes.txt
-+++ /dev/null
-@@ -1 +0,0 @@
--hello
-Binary files a/logo.png and b/logo.png differ
-"""
-
 
 def finding(member: str, line: int | None = 3, *, file: str = "calc.py", cat: str = "bug",
             sev: str = "high", msg: str = "off by one") -> Finding:

@@ -9,13 +9,11 @@ from modelfusion import Fusion
 from modelfusion.review.diff import parse_diff, split
 from modelfusion.review.findings import MEMBER_SCHEMA, SEVERITIES
 from modelfusion.review.runner import REVIEW_SYSTEM, prompt
-from tests.test_local import MODEL, model_home, needs_llama, needs_parts, session_home  # noqa: F401
-from tests.test_review import DIFF
+from tests.helpers import DIFF, MODEL, local_model
 
 
-@needs_llama
-@needs_parts
-async def test_local_review_of_a_seeded_bug(model_home):  # noqa: F811
+@local_model
+async def test_local_review_of_a_seeded_bug(model_home):
     (chunk,) = [c for c in split(parse_diff(DIFF)) if c.path == "calc.py"]
     async with Fusion([f"local:{MODEL}*2"], judge=f"local:{MODEL}", mode="review",
                       offline=True, system=REVIEW_SYSTEM, response_schema=MEMBER_SCHEMA,

@@ -36,15 +36,8 @@ import pytest
 from modelfusion.config import load_config
 from modelfusion.server import ServerSettings, create_app
 from modelfusion.traces.store import TraceStore
-from tests import test_server
 from tests.fake_upstream import FakeUpstream, Fault, RecordedRequest
-from tests.test_faults import smart_judge
-from tests.test_server import ASK, Served, error_of, start_server
-
-# test_server's fixtures, used here as they are: a served app over the loopback fake.
-server_config = test_server.server_config
-serve = test_server.serve
-served = test_server.served
+from tests.helpers import ASK, Served, error_of, smart_judge, start_server, write_config
 
 SENTINEL = "sk-sentinel-7f3a9c2e5b1d4086aa42c0ffee"
 ROOT = Path(__file__).resolve().parent.parent
@@ -577,8 +570,6 @@ KNOWN: dict[str, str] = {}
 def fuzz_server(tmp_path: Path, upstream: FakeUpstream) -> Iterator[tuple[Served, Any]]:
     """A served app whose only provider is the fake (no built-ins: nothing generated can
     reach a real host, Ollama's port or the embedded llama.cpp), auth on, SQLite traces."""
-    from tests.test_server import write_config
-
     upstream.script("judge", smart_judge)
     config = load_config(write_config(tmp_path / "fusion.toml", upstream.base_url))
     for name in list(config.providers):

@@ -11,136 +11,17 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
 import typer
-import uvicorn
 from typer.testing import CliRunner
 
 from modelfusion.cli.serve import register
-from modelfusion.config import load_config
-from modelfusion.server import ServerSettings, create_app
-from modelfusion.traces.store import TraceStore
 from tests.fake_upstream import FakeUpstream, Fault, RecordedRequest, Reply
-
-ANALYSIS = {"consensus": ["all three say Paris"], "contradictions": ["B says Lyon; wrong"],
-            "partial_coverage": ["only A gives the population"],
-            "unique_insights": ["C: the Seine"], "blind_spots": ["nobody gives the area"]}
-FUSED = "Paris is the capital of France."
-VERDICT = json.dumps({"analysis": ANALYSIS, "answer": FUSED})
-ASK: Any = [{"role": "user", "content": "What is the capital of France?"}]
-TRIO = ["fake:alpha", "fake:beta", "fake:gamma"]
-
-
-def write_config(path: Path, base_url: str, extra: str = "") -> Path:
-    path.write_text(f"""default_preset = "trio"
-
-[providers.fake]
-base_url = "{base_url}"
-
-[providers.keyed]
-base_url = "{base_url}"
-api_key_env = "MODELFUSION_TEST_UNSET_KEY"
-
-[presets.trio]
-models = {json.dumps(TRIO)}
-judge = "fake:judge"
-mode = "merge"
-retries = 0
-timeout = 10
-deadline = 20
-
-[presets.quick]
-models = ["fake:alpha", "fake:beta"]
-judge = "fake:judge"
-mode = "best-of"
-{extra}""", encoding="utf-8")
-    return path
-
-
-@dataclass
-class Served:
-    url: str  # http://127.0.0.1:PORT
-    server: uvicorn.Server
-    thread: threading.Thread
-    store: TraceStore | None
-    app: Any
-
-    @property
-    def v1(self) -> str:
-        return f"{self.url}/v1"
-
-    def client(self, key: str = "none", **kw: Any) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.v1, api_key=key, max_retries=0, timeout=30, **kw)
-
-    def aclient(self, key: str = "none") -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(base_url=self.v1, api_key=key, max_retries=0, timeout=30)
-
-    def post(self, body: Any, **kw: Any) -> httpx.Response:
-        return httpx.post(f"{self.v1}/chat/completions", json=body, timeout=30, **kw)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-
-
-def start_server(app: Any, store: TraceStore | None) -> Served:
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                            lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    return Served(f"http://127.0.0.1:{port}", server, thread, store, app)
-
-
-@pytest.fixture
-def server_config(upstream: FakeUpstream, tmp_path: Path) -> Path:
-    upstream.script("judge", VERDICT)
-    return write_config(tmp_path / "fusion.toml", upstream.base_url)
-
-
-@pytest.fixture
-def serve(server_config: Path, tmp_path: Path) -> Iterator[Callable[..., Served]]:
-    """serve(**settings) -> a running server with a SQLite trace store."""
-    started: list[Served] = []
-
-    def make(*, traces: bool = True, store_prompts: bool = True, **settings: Any) -> Served:
-        store = TraceStore.open(f"sqlite:///{tmp_path / f'traces{len(started)}.db'}",
-                                store_prompts=store_prompts) if traces else None
-        app = create_app(load_config(server_config), store, ServerSettings(**settings))
-        served = start_server(app, store)
-        started.append(served)
-        return served
-
-    yield make
-    for s in started:
-        s.stop()
-        if s.store is not None:
-            s.store.close()
-
-
-@pytest.fixture
-def served(serve: Callable[..., Served]) -> Served:
-    return serve()
-
-
-def error_of(resp: httpx.Response) -> dict[str, Any]:
-    body = resp.json()
-    assert set(body) == {"error"}
-    err = body["error"]
-    assert {"message", "type", "param", "code"} <= set(err)
-    return err
+from tests.helpers import ANALYSIS, ASK, FUSED, TRIO, Served, error_of
 
 
 def fusion_of(completion: Any) -> dict[str, Any]:
@@ -434,7 +315,9 @@ def test_body_too_large_is_413(serve: Callable[..., Served]):
 def test_saturated_server_is_429_with_retry_after(serve: Callable[..., Served],
                                                    upstream: FakeUpstream):
     served = serve(max_concurrent=1, retry_after_s=3)
-    upstream.script("slow", Reply("finally", delay=1.0))
+    # The first request holds the only slot for 4 s: room for the two refused requests
+    # below to arrive while it does, on a busy machine too.
+    upstream.script("slow", Reply("finally", delay=4.0))
     results: list[Any] = []
     first = threading.Thread(target=lambda: results.append(served.client().chat.completions
                                                            .create(model="fake:slow",
@@ -449,7 +332,7 @@ def test_saturated_server_is_429_with_retry_after(serve: Callable[..., Served],
     assert error_of(resp)["type"] == "rate_limit_error"
     with pytest.raises(openai.RateLimitError):
         served.client().chat.completions.create(model="fusion", messages=ASK)
-    first.join(10)
+    first.join(30)
     assert results[0].choices[0].message.content == "finally"
     # The slot came back: the next request is served.
     assert served.client().chat.completions.create(model="fusion", messages=ASK)
@@ -475,8 +358,10 @@ def test_deadline_is_504(served: Served, upstream: FakeUpstream):
     for m in ("alpha", "beta", "gamma"):
         upstream.script(m, Fault("hang"))
     started = time.monotonic()
-    resp = served.post({"model": "fusion", "messages": ASK, "fusion": {"deadline": 0.5}})
-    assert time.monotonic() - started < 5
+    # Unenforced, the deadline would leave the hang to the member timeout (30 s).
+    resp = served.post({"model": "fusion", "messages": ASK,
+                        "fusion": {"deadline": 0.5, "timeout": 30}})
+    assert time.monotonic() - started < 10
     assert resp.status_code == 504
     err = error_of(resp)
     assert err["code"] == "deadline_exceeded"

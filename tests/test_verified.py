@@ -24,11 +24,16 @@ from modelfusion.modes import verified as verified_mode
 from modelfusion.traces.store import SCHEMA_VERSION, TraceStore
 from modelfusion.types import Message
 from tests.fake_upstream import FakeUpstream, Reply
-from tests.helpers import fusion
-from tests.test_engine import judge_requests, judge_text, pick
-from tests.test_local import MODEL, model_home, needs_llama, needs_parts, session_home  # noqa: F401
-from tests.test_server import Served, serve, server_config  # noqa: F401
-from tests.test_web import CHROMIUM, page, watch  # noqa: F401
+from tests.helpers import (
+    MODEL,
+    Served,
+    fusion,
+    judge_requests,
+    judge_text,
+    local_model,
+    pick,
+    watch,
+)
 
 PROMPT = '''from typing import List
 
@@ -341,7 +346,7 @@ def _last_trace(home: str) -> str:
     return json.loads(proc.stdout)[0]["id"]
 
 
-def test_through_the_server_json_and_stream(serve: Callable[..., Served],  # noqa: F811
+def test_through_the_server_json_and_stream(serve: Callable[..., Served],
                                             upstream: FakeUpstream):
     served = serve()
     script(upstream, WRONG, CORRECT, PROSE)
@@ -387,9 +392,7 @@ def test_trace_store_migrates_a_v1_database(tmp_path):
 
 
 def test_web_page_shows_which_checks_each_candidate_passed(
-        serve: Callable[..., Served], upstream: FakeUpstream, page: Any) -> None:  # noqa: F811
-    if not CHROMIUM.exists():
-        pytest.skip("needs Debian's chromium at /usr/bin/chromium")
+        serve: Callable[..., Served], upstream: FakeUpstream, page: Any) -> None:
     markup = "```python\ndef add_one(xs):\n    return ['<b>x</b>' for x in xs]\n```"
     script(upstream, markup, CORRECT, PROSE)
     served = serve()
@@ -414,9 +417,8 @@ def test_web_page_shows_which_checks_each_candidate_passed(
     assert errors == [] and foreign == []
 
 
-@needs_llama
-@needs_parts
-async def test_end_to_end_on_a_humaneval_prompt_with_the_embedded_model(model_home):  # noqa: F811
+@local_model
+async def test_end_to_end_on_a_humaneval_prompt_with_the_embedded_model(model_home):
     async with Fusion([f"local:{MODEL}*2"], judge=f"local:{MODEL}", mode="verified",
                       offline=True, max_tokens=160, judge_max_tokens=160, seed=3,
                       temperature=0.8, system="Reply with only the Python function, "

@@ -1,4 +1,5 @@
-"""The web page in a real headless Chromium (Playwright, Debian's /usr/bin/chromium).
+"""The web page in a real headless Chromium (Playwright, Debian's /usr/bin/chromium; the
+`page` fixture in conftest.py skips, with the reason, when either is missing).
 
 The page is driven like a user drives it: type a prompt, press Fuse, watch the member
 columns stream, read the analysis and the answer. A screenshot lands in artifacts/web.png.
@@ -8,46 +9,14 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.fake_upstream import FakeUpstream, Reply
-from tests.test_server import ANALYSIS, FUSED, Served, serve, server_config  # noqa: F401
+from tests.helpers import ANALYSIS, FUSED, Served, watch
 
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
-ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
-
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
-                                reason="needs Debian's chromium at /usr/bin/chromium "
-                                       "(apt-get install chromium); CI installs it")
-
-
-@pytest.fixture
-def page() -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        context = browser.new_context(viewport={"width": 1400, "height": 1000})
-        pg = context.new_page()
-        pg.set_default_timeout(15_000)
-        yield pg
-        context.close()
-        browser.close()
-
-
-def watch(page: Any, origin: str) -> tuple[list[str], list[str]]:
-    """Console errors, and any request that left the server's origin (there must be none)."""
-    errors: list[str] = []
-    foreign: list[str] = []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.on("request", lambda r: None if r.url.startswith(origin) else foreign.append(r.url))
-    return errors, foreign
 
 
 def script_panel(upstream: FakeUpstream) -> None:
@@ -62,7 +31,7 @@ def script_panel(upstream: FakeUpstream) -> None:
 
 
 def test_page_streams_the_panel_then_shows_analysis_and_answer(
-        serve: Callable[..., Served], upstream: FakeUpstream, page: Any) -> None:  # noqa: F811
+        serve: Callable[..., Served], upstream: FakeUpstream, page: Any) -> None:
     served = serve()
     script_panel(upstream)
     errors, foreign = watch(page, served.url)
@@ -110,7 +79,7 @@ def test_page_streams_the_panel_then_shows_analysis_and_answer(
 
 
 def test_page_reopens_a_trace_and_reports_errors(
-        serve: Callable[..., Served], upstream: FakeUpstream, page: Any) -> None:  # noqa: F811
+        serve: Callable[..., Served], upstream: FakeUpstream, page: Any) -> None:
     served = serve()
     served.client().chat.completions.create(
         model="fusion", messages=[{"role": "user", "content": "From history?"}])
@@ -132,7 +101,7 @@ def test_page_reopens_a_trace_and_reports_errors(
     assert "fusion.models[1]" in page.inner_text("#status")
 
 
-def test_page_sends_the_api_key(serve: Callable[..., Served], page: Any) -> None:  # noqa: F811
+def test_page_sends_the_api_key(serve: Callable[..., Served], page: Any) -> None:
     served = serve(api_keys=("sesame",))
     page.goto(served.url + "/")
     # Without the key the page says what is missing instead of failing silently.

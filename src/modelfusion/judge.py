@@ -265,10 +265,14 @@ class Judge:
         params = seat.params
         if seat.provider.supports_json_schema:
             params = replace(params, json_schema=schema)  # every other field kept as set
-        for _ in range(2):  # one corrective retry
+        for attempt in range(2):  # one corrective retry
+            # A retry that runs out of time keeps the first attempt's reason and error (an
+            # upstream error, invalid JSON...): that failure is the cause, the timeout only
+            # ended the attempt to recover from it.
             remaining = min(self._end - time.monotonic(), self._call_timeout)
             if remaining <= 0:
-                self.result.reason = "judge_timeout"
+                if attempt == 0:
+                    self.result.reason = "judge_timeout"
                 return None
             try:
                 async with asyncio.timeout(remaining):
@@ -276,7 +280,8 @@ class Judge:
                         seat.model, messages, params, headers=self._headers
                     )
             except TimeoutError:
-                self.result.reason = "judge_timeout"
+                if attempt == 0:
+                    self.result.reason = "judge_timeout"
                 return None
             except ProviderError as e:
                 self.result.reason = "judge_upstream_error"

@@ -19,7 +19,7 @@ from openai import AsyncOpenAI
 from ..config import ProviderConfig
 from ..errors import ProviderError, redact
 from ..types import Completion, GenerationParams, Message, Usage
-from .base import DeltaCallback, register_kind
+from .protocol import DeltaCallback, register_kind
 
 
 class OpenAICompatProvider:
