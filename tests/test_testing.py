@@ -133,3 +133,16 @@ def test_config_adds_to_a_base_config(tmp_path):
     scripted.enqueue("b", "no")
     scripted.enqueue("j", choose("yes"))
     assert Fusion(preset="duo", config=config).run_sync("q").answer == "yes"
+
+
+def test_the_readme_example_runs_as_written(tmp_path, monkeypatch):
+    """The README's scripted-panel example is code users copy: it must run unchanged."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("### Testing your code with a scripted panel"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S)
+    assert code is not None, "the README section lost its example"
+    monkeypatch.setenv("MODELFUSION_HOME", str(tmp_path))
+    exec(compile(code.group(1), "README.md", "exec"), {})  # its asserts are the checks
