@@ -66,6 +66,9 @@ class ModeOutcome:
 
 
 ModeFn = Callable[[ModeContext], Awaitable[ModeOutcome]]
+# A judge reply that only picks (a label and a one-sentence reason) needs no more tokens
+# than this; merge and review, which write, keep `judge_max_tokens`.
+PICK_MAX_TOKENS = 256
 
 
 @dataclass(frozen=True, slots=True)
