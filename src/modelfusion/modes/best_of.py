@@ -18,6 +18,7 @@ from ..judge import LABELS, Labeled, consensus_pick
 from ..types import MemberResult
 from .base import (
     PICK_MAX_TOKENS,
+    SAMPLES_AGREE,
     ModeContext,
     ModeOutcome,
     choice_schema,
@@ -83,7 +84,7 @@ async def _pick(ctx: ModeContext, pool: list[MemberResult]) -> tuple[Labeled, st
     return first
 
 
-@register("best-of")
+@register("best-of", accept=SAMPLES_AGREE)
 async def best_of(ctx: ModeContext) -> ModeOutcome:
     pool = _pool(ctx)
     if len(pool) == 1:

@@ -13,6 +13,7 @@ from ..judge import normalise
 from ..types import MemberResult
 from .base import (
     PICK_MAX_TOKENS,
+    SAMPLES_AGREE,
     ModeContext,
     ModeOutcome,
     choice_schema,
@@ -78,7 +79,8 @@ async def _break_tie(ctx: ModeContext, tied: list[str], by_member: dict[int, str
     return by_member[verdict[0].member.index]
 
 
-@register("vote", shortcut=False)  # the split is the answer, unanimous or not
+# The split is the answer, unanimous or not.
+@register("vote", shortcut=False, accept=SAMPLES_AGREE)
 async def vote(ctx: ModeContext) -> ModeOutcome:
     by_member = await _labels(ctx)
     counts = Counter(by_member.values())
