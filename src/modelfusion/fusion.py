@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from .accounts import Compute
 from .budget import Budget, estimate_tokens
 from .config import Config, load_config
 from .errors import AllMembersFailed
@@ -27,7 +28,7 @@ from .options import FusionOptions as FusionOptions
 from .panel import Member, Panel, PanelOptions
 from .plan import Plan, Seat, resolve
 from .providers.base import Provider, build_provider
-from .types import FusionEvent, FusionResult, Message, Timings, to_messages
+from .types import FusionEvent, FusionResult, MemberResult, Message, Timings, to_messages
 
 DEPTH_HEADER = "X-Fusion-Depth"
 # Share of the deadline kept for the judge: with deadline < timeout a hanging member would
@@ -156,6 +157,7 @@ class Fusion:
         if plan.instructions:
             messages = _with_instructions(messages, plan.instructions)
 
+        # Every seat that may run: with adaptive compute, stage 1's and stage 2's.
         members = [self._member(i, seat) for i, seat in enumerate(plan.seats)]
         budget = Budget(max_cost=opts.max_cost, max_total_tokens=opts.max_total_tokens)
         budget.precheck([(m.label, m.price) for m in members],
@@ -167,28 +169,59 @@ class Fusion:
         )
         # Members stop early enough to leave the judge its share (none when nothing is judged).
         panel_end = deadline_at - (JUDGE_RESERVE * opts.deadline if len(members) > 1 else 0.0)
-        results = await panel.run([(m, messages) for m in members], deadline_at=panel_end)
-        panel_done = time.monotonic()
-        if budget.active and budget.over():
-            error = budget.error()
-            error.members = results
-            raise error
-        candidates = [r for r in results if r.ok]
-        if not candidates:
-            raise AllMembersFailed(results)
-
         seed = opts.seed if opts.seed is not None else secrets.randbits(32)
-        judge = Judge(self._judge(plan.judge), fallback=self._judge(plan.fallback_judge)
-                      if plan.fallback_judge else None, emit=emit, headers=headers,
-                      end=deadline_at, call_timeout=opts.timeout,
-                      demote_suspicious=opts.demote_suspicious,
-                      both_orders=opts.judge_both_orders, shuffle_seed=seed,
-                      defused=defusals(candidates))
-        ctx = ModeContext(messages=messages, candidates=candidates, members=results,
-                          judge=judge, seed=seed, nonce=secrets.token_hex(4), emit=emit,
-                          panel=panel, seats=members, deadline_at=deadline_at,
-                          rounds=opts.rounds, rubric=plan.rubric)
+        nonce, memo = secrets.token_hex(4), dict[Any, Any]()  # memo: one per fusion
         mode = MODES[plan.mode]
+
+        def context(results: list[MemberResult]) -> ModeContext:
+            """The mode's view of these results; raises when none answered."""
+            candidates = [r for r in results if r.ok]
+            if not candidates:
+                raise AllMembersFailed(results)
+            judge = Judge(self._judge(plan.judge), fallback=self._judge(plan.fallback_judge)
+                          if plan.fallback_judge else None, emit=emit, headers=headers,
+                          end=deadline_at, call_timeout=opts.timeout,
+                          demote_suspicious=opts.demote_suspicious,
+                          both_orders=opts.judge_both_orders, shuffle_seed=seed,
+                          defused=defusals(candidates))
+            return ModeContext(messages=messages, candidates=candidates, members=results,
+                               judge=judge, seed=seed, nonce=nonce, emit=emit, panel=panel,
+                               seats=members, deadline_at=deadline_at, rounds=opts.rounds,
+                               rubric=plan.rubric, memo=memo)
+
+        first = len(members) if plan.first is None else plan.first
+        # Adaptive stage 1 waits for all of its (one or two) members: the mode's acceptance
+        # rule reads them together; the quorum counts from there on.
+        lead_panel = panel if plan.first is None else panel.with_quorum(None)
+        results = await self._stage(lead_panel, members[:first], messages, panel_end, budget)
+        panel_s = time.monotonic() - started
+        ctx: ModeContext | None = None
+        compute = None
+        if plan.first is not None:  # adaptive compute: the mode says whether stage 1 stands
+            assert mode.accept is not None and opts.samples is not None
+            ctx = context(results) if any(r.ok for r in results) else None
+            stopped = await mode.accept.test(ctx) if ctx is not None else None
+            stages = 1
+            if stopped is None:
+                rest = members[first:]
+                if not rest:
+                    stopped = "budget_spent"
+                elif time.monotonic() >= panel_end:
+                    stopped = "deadline"
+                else:
+                    answered = sum(r.ok for r in results)
+                    more = panel.with_quorum(max(1, opts.quorum - answered)
+                                             if opts.quorum else None)
+                    stage_started = time.monotonic()
+                    results = [*results, *await self._stage(more, rest, messages, panel_end,
+                                                            budget)]
+                    panel_s += time.monotonic() - stage_started
+                    stopped, stages, ctx = "budget_spent", 2, None
+            compute = Compute(max_samples=opts.samples, samples_used=len(results),
+                              stages=stages, stopped=stopped, lead=members[0].label)
+        if ctx is None:  # stage 2 ran (or adaptive compute is off): every candidate
+            ctx = context(results)
+        judge, candidates = ctx.judge, ctx.candidates
         # Nothing to choose between: the mode is skipped, unless it declared that it
         # reports something even then (vote's split, verified's checks, review's counts).
         skip = nothing_to_judge(candidates) if mode.shortcut else None
@@ -214,11 +247,23 @@ class Fusion:
             chosen=outcome.chosen,
             checks=outcome.checks,
             degraded=len(candidates) < len(results),
-            timings=Timings(total_ms=total * 1000, panel_ms=(panel_done - started) * 1000,
+            compute=compute,
+            timings=Timings(total_ms=total * 1000, panel_ms=panel_s * 1000,
                             judge_ms=judge.elapsed_ms),
         )
         emit(FusionEvent("done", result=result))
         return result
+
+    @staticmethod
+    async def _stage(panel: Panel, members: list[Member], messages: list[Message],
+                     end: float, budget: Budget) -> list[MemberResult]:
+        """Dispatch these members; a crossed budget ends the fusion with what was spent."""
+        results = await panel.run([(m, messages) for m in members], deadline_at=end)
+        if budget.active and budget.over():
+            error = budget.error()
+            error.members = results
+            raise error
+        return results
 
     def _member(self, index: int, seat: Seat) -> Member:
         provider, limit = self.pool.get(seat.provider)

@@ -231,15 +231,20 @@ class Judge:
         prompt: str,
         schema: dict[str, Any],
         validate: Callable[[Any], T],
+        *,
+        max_tokens: int | None = None,
     ) -> T | None:
-        """Ask for a JSON verdict; None if every judge failed (caller falls back)."""
+        """Ask for a JSON verdict; None if every judge failed (caller falls back).
+
+        `max_tokens` bounds this verdict below the judge's own limit (`judge_max_tokens`):
+        a pick needs a label and a sentence, not a page (`modes.base.PICK_MAX_TOKENS`)."""
         self._emit(FusionEvent("judge_started", model=self.seat.label))
         started = time.monotonic()
         try:
             for seat in (self.seat, self.fallback):
                 if seat is None:
                     continue
-                value = await self._ask(seat, system, prompt, schema, validate)
+                value = await self._ask(seat, system, prompt, schema, validate, max_tokens)
                 if value is not None:
                     self.result.model = seat.label
                     self.result.status = "ok" if seat is self.seat else "fallback"
@@ -260,9 +265,13 @@ class Judge:
         prompt: str,
         schema: dict[str, Any],
         validate: Callable[[Any], T],
+        max_tokens: int | None = None,
     ) -> T | None:
         messages = [Message("system", system), Message("user", prompt)]
         params = seat.params
+        if max_tokens is not None:
+            limit = min(max_tokens, params.max_tokens or max_tokens)
+            params = replace(params, max_tokens=limit)
         if seat.provider.supports_json_schema:
             params = replace(params, json_schema=schema)  # every other field kept as set
         for attempt in range(2):  # one corrective retry
@@ -301,11 +310,14 @@ class Judge:
                     or "no JSON" in str(e) else "judge_wrong_schema"
                 )
                 self.result.error = str(e)
+                cut = (f" It was cut off at the {params.max_tokens}-token limit: keep every "
+                       "text field to one short sentence." if completion.finish_reason ==
+                       "length" and params.max_tokens else "")
                 messages = [
                     *messages,
                     Message("assistant", completion.content),
                     Message("user", "That reply was not a valid JSON object matching the schema "
-                            f"({e}). Reply again with only the JSON object."),
+                            f"({e}).{cut} Reply again with only the JSON object."),
                 ]
         return None
 

@@ -17,6 +17,11 @@ from .errors import UsageError
 from .skills import Skill, resolve_skills
 
 MAX_SECONDS = 24 * 3600.0  # a fusion that runs longer than a day is a mistake
+MAX_MEMBERS = 16  # seats per fusion, and so candidates (max_samples)
+# `effort` in samples: the one place that says what each level spends (docs/adaptive.md).
+# "off" (every seat at once, as without it) lets a caller override a preset's budget.
+EFFORT_SAMPLES: dict[str, int] = {"low": 2, "medium": 4, "high": 8}
+EFFORT_OFF = "off"
 
 T = TypeVar("T")
 INT: tuple[type, ...] = (int,)
@@ -38,6 +43,7 @@ class Rule:
     flag: bool = False  # messages name it as the CLI flag (--max-tokens), else by its name
     unit: str = ""  # after the range in messages: " seconds"
     says: str | None = None  # the range in words, where the numbers read badly
+    choices: tuple[str, ...] | None = None  # the only values accepted (effort's levels)
     preset: bool = True  # a preset in fusion.toml may set it
     request: bool = True  # a server request may set it (`fusion.NAME`)
 
@@ -48,6 +54,8 @@ class Rule:
         """The accepted values in words, as an error message ends."""
         if self.says is not None:
             return self.says
+        if self.choices is not None:
+            return "one of " + ", ".join(self.choices)
         lo, hi = self.minimum, self.maximum
         if self.up_to_members:
             return f"between {lo:g} and the number of members ({n_members})"
@@ -65,6 +73,8 @@ class Rule:
             return False
         if numeric and isinstance(value, float) and not math.isfinite(value):
             return False
+        if self.choices is not None:
+            return value in self.choices
         lo = self.minimum
         hi = n_members if self.up_to_members else self.maximum
         if lo is not None and not (lo < value if self.above_minimum else lo <= value):
@@ -115,8 +125,21 @@ class FusionOptions:
     # (llama.cpp grammar, OpenAI json_schema). Set by `fusion review`; not a preset option.
     response_schema: dict[str, Any] | None = _option(None, (dict,), preset=False,
                                                       request=False)
+    # Adaptive compute (docs/adaptive.md): at most this many candidates, the first listed
+    # model (the lead) asked first; the mode's acceptance rule says whether its answer
+    # stands or the rest of the budget is spent. None: off, every seat at once.
+    max_samples: int | None = _option(None, INT, minimum=1, maximum=MAX_MEMBERS, flag=True)
+    # The same budget in words: EFFORT_SAMPLES says how many samples each level means.
+    effort: str | None = _option(None, STR, choices=(*EFFORT_SAMPLES, EFFORT_OFF), flag=True)
     # Fusion depth of the incoming request: the server sets it from X-Fusion-Depth.
     depth: int = _option(0, INT, preset=False, request=False)
+
+    @property
+    def samples(self) -> int | None:
+        """The adaptive budget: max_samples, else what `effort` names; None when off."""
+        if self.max_samples is not None:
+            return self.max_samples
+        return EFFORT_SAMPLES.get(self.effort) if self.effort is not None else None
 
     def validate(self, n_members: int) -> None:
         """Every option against its rule; the error names the option (`UsageError.option`)."""
@@ -128,6 +151,8 @@ class FusionOptions:
             if not rule.accepts(value, n_members):
                 raise UsageError(f"{rule.label(f.name)} must be {rule.wants(n_members)}",
                                  option=f.name)
+        if self.max_samples is not None and self.effort is not None:
+            raise UsageError("set --max-samples or --effort, not both", option="effort")
         try:
             resolve_skills(tuple(self.skills))  # an unknown name fails here, listing the known
         except UsageError as e:

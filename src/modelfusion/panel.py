@@ -12,7 +12,7 @@ import asyncio
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .budget import Budget
 from .config import Price, call_cost
@@ -52,6 +52,12 @@ class Panel:
         self._emit = emit
         self._headers = headers
         self._budget = budget if budget is not None and budget.active else None
+
+    def with_quorum(self, quorum: int | None) -> Panel:
+        """The same panel (events, headers, budget) waiting for another quorum: adaptive
+        compute's second stage counts the answers its first stage already has."""
+        return Panel(replace(self.options, quorum=quorum), self._emit, self._headers,
+                     self._budget)
 
     async def run(
         self,

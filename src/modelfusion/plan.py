@@ -2,8 +2,9 @@
 
 The one place where the rules live: which preset supplies defaults, how its models, judge,
 mode and options combine with the caller's, how a spec becomes seats (self-fusion copies:
-temperature 0.7 and a seed per copy), the 16-member limit, the option checks, skills, and
-the preflight of every provider and local model. `Fusion` resolves its plan here; `fusion
+temperature 0.7 and a seed per copy), adaptive compute's two stages of seats (the lead
+first), the 16-member limit, the option checks, skills, and the preflight of every provider
+and local model. `Fusion` resolves its plan here; `fusion
 eval` and the server ask `select()` which preset, judge and mode apply instead of working
 it out again. Everything is checked before any request is sent.
 """
@@ -17,13 +18,15 @@ from typing import Any
 from .config import Config, ModelSpec, Preset, parse_spec
 from .errors import UsageError
 from .modes import MODES
+from .options import MAX_MEMBERS as MAX_MEMBERS  # re-exported: the limit lives with the options
 from .options import OPTION_FIELDS, FusionOptions
 from .skills import member_text, resolve_skills, rubric_text
 from .types import GenerationParams
 
 SELF_FUSION_TEMPERATURE = 0.7
-MAX_MEMBERS = 16
+LEAD_TEMPERATURE = 0.0  # adaptive compute's lead, when no temperature is set: greedy
 DEFAULT_MODE = "merge"
+ADAPTIVE_OPTIONS = ("max_samples", "effort")  # two ways to set one budget
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +50,10 @@ class Plan:
     preset: str | None = None  # the preset that supplied defaults, if any
     instructions: str = ""  # skills' text for every member's system prompt
     rubric: str = ""  # skills' rubric for the judge
+    # Adaptive compute (docs/adaptive.md): seats[:first] are stage 1 (the lead, and
+    # samples of it as the mode's acceptance rule asks), seats[first:] stage 2, dispatched
+    # only when the mode does not accept stage 1. None: off, every seat at once.
+    first: int | None = None
 
     def with_seed(self, seed: int | None) -> Plan:
         """The same plan run with another seed: members get seed + copy, the judges (and
@@ -93,7 +100,7 @@ def select(config: Config, models: Sequence[str] | None = None, judge: str | Non
            default_preset: str | None = None) -> Selection:
     """Models, judge, mode and options from the caller, then the preset, then the rules:
     the judge defaults to the preset's, else the first member; the mode to the preset's,
-    else merge."""
+    else merge. A caller's `max_samples` or `effort` replaces the preset's either."""
     overrides = dict(options or {})
     unknown = set(overrides) - OPTION_FIELDS
     if unknown:
@@ -103,8 +110,12 @@ def select(config: Config, models: Sequence[str] | None = None, judge: str | Non
     specs = list(models or (chosen.models if chosen else ()))
     if not specs:
         raise UsageError("no models: pass -m provider:model (repeatable) or --preset NAME")
-    merged = {**(chosen.options if chosen else {}),
-              **{k: v for k, v in overrides.items() if v is not None}}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    defaults = dict(chosen.options if chosen else {})
+    if any(k in given for k in ADAPTIVE_OPTIONS):  # the caller's budget replaces the preset's
+        for k in ADAPTIVE_OPTIONS:
+            defaults.pop(k, None)
+    merged = {**defaults, **given}
     return Selection(
         preset=chosen, models=specs,
         judge=judge or (chosen.judge if chosen and chosen.judge else None) or specs[0],
@@ -132,11 +143,16 @@ def resolve(config: Config, models: Sequence[str] | None = None, judge: str | No
     if len(seats) > MAX_MEMBERS:
         raise UsageError(f"{len(seats)} members: at most {MAX_MEMBERS} per fusion")
     opts.validate(len(seats))
+    first = None
+    if opts.samples is not None:
+        seats, first = _stages(specs, seats, opts, sel.mode)
+        opts.validate(len(seats))  # quorum: at most the candidates there can be
     for spec in specs:
         preflight(config, spec)
     skills = resolve_skills(opts.skills)  # read once, here, not per request
     return Plan(
         seats=seats,
+        first=first,
         judge=_judge_seat(config, sel.judge, opts),
         fallback_judge=_judge_seat(config, opts.fallback_judge, opts)
         if opts.fallback_judge else None,
@@ -151,17 +167,52 @@ def resolve(config: Config, models: Sequence[str] | None = None, judge: str | No
 def _copies(spec: ModelSpec, opts: FusionOptions) -> list[Seat]:
     """The seats of one spec: `model*N` is N copies that must differ, so each gets the
     self-fusion temperature (unless one is set) and its own seed."""
-    seats = []
-    for k in range(spec.count):
-        temperature = opts.temperature
-        if spec.count > 1 and temperature is None:
-            temperature = SELF_FUSION_TEMPERATURE
-        label = spec.id if spec.count == 1 else f"{spec.id}#{k + 1}"
-        params = GenerationParams(temperature=temperature, max_tokens=opts.max_tokens,
-                                  seed=None if opts.seed is None else opts.seed + k,
-                                  json_schema=opts.response_schema)
-        seats.append(Seat(label, spec.provider, spec.model, params, copy=k))
-    return seats
+    if spec.count == 1:
+        return [_seat(spec, 0, spec.id, opts.temperature, opts)]
+    return [_copy(spec, k, opts) for k in range(spec.count)]
+
+
+def _copy(spec: ModelSpec, k: int, opts: FusionOptions) -> Seat:
+    """Copy k of a spec, as a self-fusion copy: label `spec#(k+1)`, the self-fusion
+    temperature unless one is set, seed + k."""
+    temperature = SELF_FUSION_TEMPERATURE if opts.temperature is None else opts.temperature
+    return _seat(spec, k, f"{spec.id}#{k + 1}", temperature, opts)
+
+
+def _seat(spec: ModelSpec, k: int, label: str, temperature: float | None,
+          opts: FusionOptions) -> Seat:
+    params = GenerationParams(temperature=temperature, max_tokens=opts.max_tokens,
+                              seed=None if opts.seed is None else opts.seed + k,
+                              json_schema=opts.response_schema)
+    return Seat(label, spec.provider, spec.model, params, copy=k)
+
+
+def _stages(specs: list[ModelSpec], seats: list[Seat], opts: FusionOptions, mode: str
+            ) -> tuple[list[Seat], int]:
+    """Adaptive compute's seats, in dispatch order, and how many form stage 1.
+
+    The first listed model is the lead: it runs first, at the caller's temperature or
+    greedy (0). Stage 1 is the lead plus the samples of it the mode's acceptance rule asks
+    for (the lead's own `*N` copies, then new ones). Stage 2 is the panel's other seats,
+    then new samples of the lead (`spec#k`, as self-fusion copies: 0.7 unless a temperature
+    is set, seed + k), until `max_samples` candidates in all."""
+    accept = MODES[mode].accept
+    budget = opts.samples
+    assert budget is not None
+    if accept is None:
+        supported = ", ".join(sorted(n for n, m in MODES.items() if m.accept))
+        option = "max_samples" if opts.max_samples is not None else "effort"
+        raise UsageError(f"--{option.replace('_', '-')}: mode {mode!r} has no acceptance "
+                         f"rule for adaptive compute; use one of: {supported}", option=option)
+    head = specs[0]
+    lead = seats[0]
+    temperature = LEAD_TEMPERATURE if opts.temperature is None else opts.temperature
+    lead = replace(lead, params=replace(lead.params, temperature=temperature))
+    new = [_copy(head, k, opts) for k in range(head.count, head.count + budget)]
+    samples = [*seats[1:head.count], *new]
+    stage1 = [lead, *samples[:min(accept.first, budget) - 1]]
+    rest = [s for s in [*seats[1:], *new] if s not in stage1]
+    return [*stage1, *rest[:budget - len(stage1)]], len(stage1)
 
 
 def _judge_seat(config: Config, spec: str, opts: FusionOptions) -> Seat:

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from .accounts import Analysis, ChecksReport, Votes
+from .accounts import Analysis, ChecksReport, Compute, Votes
 
 if TYPE_CHECKING:  # review imports the judge, which imports this module
     from .review.findings import ReviewAnalysis
@@ -207,6 +207,7 @@ class FusionResult:
     degraded: bool = False  # some member failed or was cancelled
     timings: Timings = field(default_factory=Timings)
     checks: ChecksReport | None = None  # verified mode: which checks each candidate passed
+    compute: Compute | None = None  # adaptive compute: samples spent, why it stopped
 
     @property
     def usage(self) -> Usage:
@@ -236,6 +237,7 @@ class FusionResult:
             "votes": self.votes.to_dict() if self.votes else None,
             "rounds": [[m.to_dict() for m in r] for r in self.rounds] if self.rounds else None,
             "checks": self.checks.to_dict() if self.checks else None,
+            "compute": self.compute.to_dict() if self.compute else None,
             "usage": self.usage.to_dict(),
             "cost": self.cost,
             "timings": self.timings.to_dict(),

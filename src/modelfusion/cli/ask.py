@@ -18,7 +18,7 @@ from ..errors import AllMembersFailed, BudgetExceeded, UsageError
 from ..fusion import Fusion
 from ..modes import MODES
 from ..types import FusionResult, Message
-from .common import cli_skills, cost_text, err, handle_errors
+from .common import EFFORT_HELP, cli_skills, cost_text, err, handle_errors
 from .local import prepare as prepare_local_models
 from .progress import LiveProgress
 
@@ -63,6 +63,13 @@ def ask(
     quorum: Annotated[int | None, typer.Option(help="Stop waiting once K members answered.")]
     = None,
     rounds: Annotated[int | None, typer.Option(help="Debate rounds (mode debate).")] = None,
+    max_samples: Annotated[int | None, typer.Option(
+        help="Adaptive compute: at most N candidates. The first listed model (the lead) "
+        "answers first; more are asked only when the mode does not accept its answer "
+        "(docs/adaptive.md).")] = None,
+    effort: Annotated[str | None, typer.Option(
+        help="Adaptive compute in words: " + EFFORT_HELP + ".")]
+    = None,
     seed: Annotated[int | None, typer.Option(help="Seed for the shuffle and sampling.")]
     = None,
     max_cost: Annotated[float | None, typer.Option(help="USD limit for the whole fusion: "
@@ -90,7 +97,7 @@ def ask(
         system=system, skills=cli_skills(skill, skills_from_repo), temperature=temperature,
         max_tokens=max_tokens, timeout=timeout,
         deadline=deadline, quorum=quorum, rounds=rounds, seed=seed, max_cost=max_cost,
-        max_total_tokens=max_total_tokens,
+        max_total_tokens=max_total_tokens, max_samples=max_samples, effort=effort,
     )
     from ..traces.store import TraceStore  # SQLAlchemy loads only for commands that need it
 
@@ -153,8 +160,10 @@ def _print_result(result: FusionResult, *, as_json: bool, show: bool,
     cost = cost_text(result.cost)
     judge = result.judge
     judge_note = judge.status + (f" ({judge.reason})" if judge.reason else "")
+    spent = f"{result.compute.line()} · " if result.compute else ""
     err.print(
-        f"[dim]{result.mode} · {ok}/{len(result.members)} members ok · judge {judge_note} · "
+        f"[dim]{result.mode} · {spent}{ok}/{len(result.members)} members ok · "
+        f"judge {judge_note} · "
         f"{result.usage.total_tokens} tokens · {cost} · "
         f"{result.timings.total_ms / 1000:.1f}s"
         + (f" · trace {trace_id[:8]}" if trace_id else "") + "[/dim]",

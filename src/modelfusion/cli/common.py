@@ -11,9 +11,13 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..errors import FusionError, UsageError
+from ..options import EFFORT_SAMPLES
 from ..skills import Skill, repo_instructions
 
 err = Console(stderr=True)
+# --effort's levels for `fusion ask` and `fusion eval`, from the one table that says them.
+EFFORT_HELP = ", ".join(f"{level} ({n} samples at most)" for level, n in EFFORT_SAMPLES.items()
+                        ) + ", or off (every member at once: the default)"
 F = TypeVar("F", bound=Callable[..., Any])
 
 

@@ -18,8 +18,8 @@ from ..evals.configs import build_configs
 from ..evals.grade import MEMORY_MB, TIMEOUT_S
 from ..evals.runner import Runner
 from ..evals.store import RunDir
-from ..plan import select
-from .common import handle_errors
+from ..plan import ADAPTIVE_OPTIONS, select
+from .common import EFFORT_HELP, handle_errors
 from .eval_progress import EvalProgress
 
 # Embedded models are slow on small CPUs: an eval waits for them rather than scoring a
@@ -30,9 +30,11 @@ DEFAULT_MAX_TOKENS = 512
 
 HELP = (
     "Measure fusion against its own members on a code benchmark (HumanEval).\n\n"
-    "Runs, on the same problems: each distinct member model alone (solo), the panel fused "
-    "in each --mode, and a self-fusion baseline (the judge's model sampled as many times as "
-    "the panel has members). Candidate code runs against the hidden tests in a sandboxed "
+    "Runs, on the same problems: each distinct member model alone (solo), the first listed "
+    "model alone at temperature 0 (solo M t=0: greedy, the baseline to beat), the panel "
+    "fused in each --mode (adaptive with --max-samples / --effort), and a self-fusion "
+    "baseline (the judge's model sampled as many times as the panel has members). "
+    "Candidate code runs against the hidden tests in a sandboxed "
     "child process. Writes records.jsonl, settings.json, results.json, results.md and "
     "chart.png to --out; run the same command again to resume an interrupted run.\n\n"
     "\b\nExamples:\n"
@@ -78,6 +80,12 @@ def register(app: typer.Typer) -> None:
                                                        f"{DEFAULT_MAX_TOKENS}).")] = None,
         temperature: Annotated[float | None, typer.Option(help="Members' temperature.")]
         = None,
+        max_samples: Annotated[int | None, typer.Option(
+            help="Adaptive compute for the fused configs: at most N candidates, the lead "
+            "(first listed model) first (docs/adaptive.md).")] = None,
+        effort: Annotated[str | None, typer.Option(
+            help="Adaptive compute for the fused configs in words: " + EFFORT_HELP + ".")]
+        = None,
         preset: Annotated[str | None, typer.Option(help="A preset from fusion.toml.")] = None,
         config: Annotated[str | None, typer.Option(help="Config file.")] = None,
         offline: Annotated[bool, typer.Option(help="Refuse every non-local provider.")]
@@ -97,7 +105,8 @@ def register(app: typer.Typer) -> None:
         # the eval's own timeouts and max_tokens override the preset's.
         chosen = select(cfg, model, judge, None, preset,
                         {"timeout": EVAL_TIMEOUT_S, "deadline": EVAL_DEADLINE_S,
-                         "max_tokens": max_tokens})  # Fusion refuses < 1 with a clear message
+                         "max_tokens": max_tokens, "max_samples": max_samples,
+                         "effort": effort})  # Fusion refuses bad values with a clear message
         panel, judge_spec = chosen.models, chosen.judge
         modes = list(mode or [chosen.mode])
         options: dict[str, Any] = chosen.options
@@ -105,7 +114,9 @@ def register(app: typer.Typer) -> None:
         if temperature is not None:
             options["temperature"] = temperature
         options.pop("seed", None)  # per problem, below
-        configs = build_configs(panel, judge_spec, modes, self_fusion)
+        # The sample budget is the fused configs' own (a solo member is one sample).
+        adaptive = {k: options.pop(k) for k in ADAPTIVE_OPTIONS if k in options}
+        configs = build_configs(panel, judge_spec, modes, self_fusion, adaptive)
 
         run_dir = RunDir(out or Path("fusion-eval") / name.lower())
         runner = Runner(configs=configs, problems=problems, run_dir=run_dir, config=cfg,

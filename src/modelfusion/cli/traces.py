@@ -140,6 +140,8 @@ def _show(record: TraceRecord) -> Group:
         parts.append(_votes_table(record.votes))
     if record.checks:
         parts.append(Text("\n".join(record.checks.lines())))
+    if record.compute:
+        parts.append(Text(f"compute: {record.compute.line()}"))
     if s.status == "failed":
         parts.append(Text(f"fusion failed ({s.error_code}): {record.error_message}",
                           style="red"))

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..accounts import Compute
 from ..types import Usage
 
 
@@ -69,6 +70,7 @@ class EvalRecord:
     judge_status: str | None = None  # None: no judge result (the fusion failed)
     judge_reason: str | None = None
     members: list[EvalMember] = field(default_factory=list)
+    compute: Compute | None = None  # adaptive compute: samples used, why it stopped
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -81,6 +83,7 @@ class EvalRecord:
             "judge": {"status": self.judge_status, "reason": self.judge_reason}
             if self.judge_status is not None else None,
             "members": [m.to_dict() for m in self.members],
+            "compute": self.compute.to_dict() if self.compute else None,
         }
 
     @classmethod
@@ -98,4 +101,5 @@ class EvalRecord:
             live_calls=d.get("live_calls", 0), chosen=d.get("chosen"), reason=d.get("reason"),
             judge_status=judge.get("status"), judge_reason=judge.get("reason"),
             members=[EvalMember.from_dict(m) for m in d.get("members") or []],
+            compute=Compute.from_dict(d["compute"]) if d.get("compute") else None,
         )

@@ -14,7 +14,7 @@ from .metrics import ConfigSummary, add_ratios, summarise
 from .record import EvalRecord
 from .store import RunDir
 
-KIND_ORDER = {"solo": 0, "fused": 1, "self": 2}
+KIND_ORDER = {"solo": 0, "greedy": 1, "fused": 2, "self": 3}
 LATENCY_NOTE = (
     "latency = the fusion's measured wall time + the recorded latency of the calls it "
     "replayed from the cache; exact for embedded models (one call at a time), an upper bound "
@@ -103,7 +103,7 @@ def chart(rows: Sequence[ConfigSummary]) -> bytes:
 
     fig = Figure(figsize=(7.5, 4.8), dpi=110)
     ax = fig.add_subplot()
-    markers = {"solo": "o", "fused": "s", "self": "^"}
+    markers = {"solo": "o", "greedy": "D", "fused": "s", "self": "^"}
     colours = matplotlib.colormaps["tab10"]
     # Full names would overlap (configs cluster), so each point carries its number and the
     # legend below the axes names it.

@@ -67,7 +67,7 @@ class Runner:
         every config's up front. It carries the base seed (settings.json records each
         seat's offset from it); each problem runs it with the problem's own seed."""
         if cfg.name not in self._fusions:
-            options = dict(self.options)
+            options = {**self.options, **cfg.options}
             seats = sum(parse_spec(m).count for m in cfg.models)
             if options.get("quorum") and options["quorum"] > seats:
                 options.pop("quorum")  # a solo member cannot wait for a quorum of three
@@ -133,6 +133,7 @@ class Runner:
             judge_status=result.judge.status if result is not None else None,
             judge_reason=result.judge.reason if result is not None else None,
             members=[_member(m, g) for m, g in zip(members, member_grades, strict=True)],
+            compute=result.compute if result is not None else None,
         )
 
     async def _grade(self, problem: Problem, answer: str | None) -> Grade:

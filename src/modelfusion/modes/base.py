@@ -2,17 +2,19 @@
 
 A new mode is one module with one function decorated by `@register("name")`. A mode that
 reports something even when the candidates leave nothing to choose (one answered, or all
-agree) registers with `shortcut=False`; otherwise the engine answers without it then.
+agree) registers with `shortcut=False`; otherwise the engine answers without it then. A mode
+that supports adaptive compute (`max_samples`, docs/adaptive.md) registers its acceptance
+rule with `accept=`: how many candidates its first stage holds and when their answer stands.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..accounts import Analysis, ChecksReport, Votes
-from ..judge import JUDGE_RULES, Judge, Labeled, anonymise, fence, render_request
+from ..judge import JUDGE_RULES, Judge, Labeled, anonymise, fence, normalise, render_request
 from ..panel import Emit, Member, Panel
 from ..types import FusionEvent, MemberResult, Message
 
@@ -35,6 +37,9 @@ class ModeContext:
     deadline_at: float
     rounds: int = 1
     rubric: str = ""  # from the fusion's skills: extra judging rules, after ours
+    # What a mode keeps between its acceptance test and its run over every candidate (one
+    # dict per fusion; verified keeps each candidate's check run there, so none runs twice).
+    memo: dict[Any, Any] = field(default_factory=dict)
 
     def labeled(self, candidates: list[MemberResult] | None = None) -> list[Labeled]:
         return anonymise(self.candidates if candidates is None else candidates, self.seed)
@@ -66,6 +71,30 @@ class ModeOutcome:
 
 
 ModeFn = Callable[[ModeContext], Awaitable[ModeOutcome]]
+# A judge reply that only picks (a label and a one-sentence reason) needs no more tokens
+# than this; merge and review, which write, keep `judge_max_tokens`.
+PICK_MAX_TOKENS = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Acceptance:
+    """A mode's rule for adaptive compute (docs/adaptive.md). Stage 1 is the lead (the
+    first listed model) and `first - 1` samples of it; `test` reads stage 1's answered
+    candidates and returns why they suffice (`compute.stopped`), or None: spend the rest of
+    the budget, then run the mode over every candidate."""
+
+    first: int
+    test: Callable[[ModeContext], Awaitable[str | None]]
+
+
+async def _samples_agree(ctx: ModeContext) -> str | None:
+    answers = {normalise(c.content or "") for c in ctx.candidates}
+    return "samples_agree" if len(ctx.candidates) >= 2 and len(answers) == 1 else None
+
+
+# Text modes: the lead and one sample of it; the same answer (as `normalise` reads it) twice
+# stands.
+SAMPLES_AGREE = Acceptance(first=2, test=_samples_agree)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,14 +105,17 @@ class ModeSpec:
     # choose (`judge.nothing_to_judge`). False: the mode reports something even then (vote
     # its split, verified the checks each passed, review the agreement) and decides itself.
     shortcut: bool = True
+    # Adaptive compute: when stage 1's answer stands. None: the mode takes no max_samples.
+    accept: Acceptance | None = None
 
 
 MODES: dict[str, ModeSpec] = {}
 
 
-def register(name: str, *, shortcut: bool = True) -> Callable[[ModeFn], ModeFn]:
+def register(name: str, *, shortcut: bool = True, accept: Acceptance | None = None
+             ) -> Callable[[ModeFn], ModeFn]:
     def deco(fn: ModeFn) -> ModeFn:
-        MODES[name] = ModeSpec(name, fn, shortcut)
+        MODES[name] = ModeSpec(name, fn, shortcut, accept)
         return fn
 
     return deco

@@ -6,7 +6,7 @@ from typing import Any
 
 from ..accounts import ANALYSIS_SECTIONS, Analysis
 from ..judge import Labeled, consensus_pick
-from .base import ModeContext, ModeOutcome, register
+from .base import SAMPLES_AGREE, ModeContext, ModeOutcome, register
 
 TASK = """Fuse the candidates into the best possible answer to the user's request.
 First analyse them (each item one short sentence; refer to candidates by label):
@@ -59,6 +59,6 @@ async def merge_candidates(ctx: ModeContext, labeled: list[Labeled]) -> ModeOutc
     return ModeOutcome(answer=answer, analysis=analysis)
 
 
-@register("merge")
+@register("merge", accept=SAMPLES_AGREE)
 async def merge(ctx: ModeContext) -> ModeOutcome:
     return await merge_candidates(ctx, ctx.labeled())

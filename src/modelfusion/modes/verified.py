@@ -26,6 +26,9 @@ The decision rule (docs/verified.md):
      With no example inputs at all, the judge picks among all; if it fails,
      `consensus_pick`.
    A judge pool of one candidate, or of identical answers, skips the judge.
+5. Adaptive compute (`max_samples`, docs/adaptive.md): the lead runs alone first and its
+   answer stands when its code passes every visible check (there must be at least one);
+   otherwise the rest of the budget runs and this rule applies to every candidate.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from ..code.harness import CheckRun, run_checks
 from ..judge import Labeled, consensus_pick, nothing_to_judge
 from ..text import clip
 from ..types import MemberResult
-from .base import ModeContext, ModeOutcome, register
+from .base import Acceptance, ModeContext, ModeOutcome, register
 from .best_of import pick_best
 
 CONCURRENCY = 2  # sandboxes at once in this process, all fusions together
@@ -50,10 +53,29 @@ MEMORY_MB = 512
 _MIN_RUN_S = 0.5  # less fusion deadline left than this: the candidate is not run
 
 
+async def _spec(ctx: ModeContext) -> CheckSpec:
+    """The request's visible checks, found once per fusion (kept in `ctx.memo`)."""
+    if "verified.spec" not in ctx.memo:  # CPU work: off the loop
+        ctx.memo["verified.spec"] = await asyncio.to_thread(find_checks, ctx.messages)
+    spec: CheckSpec = ctx.memo["verified.spec"]
+    return spec
+
+
+async def lead_passes_checks(ctx: ModeContext) -> str | None:
+    """Adaptive compute's stage 1 (docs/adaptive.md): the lead's answer stands when its code
+    passes every visible check in the request, and there is at least one."""
+    spec = await _spec(ctx)
+    lead = [m for m in ctx.candidates if m.index == 0]
+    if not lead or not spec.total:
+        return None
+    report = await _check_all(ctx, spec, lead)
+    return "lead_passed_checks" if report.passing == [0] else None
+
+
 # Even one candidate is run against the checks: the result says which it passed.
-@register("verified", shortcut=False)
+@register("verified", shortcut=False, accept=Acceptance(first=1, test=lead_passes_checks))
 async def verified(ctx: ModeContext) -> ModeOutcome:
-    spec = await asyncio.to_thread(find_checks, ctx.messages)  # CPU work: off the loop
+    spec = await _spec(ctx)
     report = await _check_all(ctx, spec)
     by_index = {m.index: m for m in ctx.candidates}
     found = ", ".join(f"{n} {kind}" for kind, n in report.found.items()
@@ -182,12 +204,20 @@ def _gate() -> asyncio.Semaphore:
     return _gates[loop]
 
 
-async def _check_all(ctx: ModeContext, spec: CheckSpec) -> ChecksReport:
+async def _check_all(ctx: ModeContext, spec: CheckSpec,
+                     members: list[MemberResult] | None = None) -> ChecksReport:
+    """Run `members` (default: every candidate) against the checks. A candidate's run is
+    kept in `ctx.memo`, so the lead checked in adaptive compute's stage 1 is not run again."""
     started = time.monotonic()
     gate = _gate()
-    codes = {m.index: extract_code(m.content or "") for m in ctx.candidates}
+    members = ctx.candidates if members is None else members
+    codes = {m.index: extract_code(m.content or "") for m in members}
 
     async def one(member: MemberResult) -> CheckRun | None:
+        key = ("verified.run", member.index, member.content)
+        if key in ctx.memo:
+            run: CheckRun | None = ctx.memo[key]
+            return run
         code = codes[member.index]
         if not code or not spec.checks:
             return None
@@ -195,11 +225,13 @@ async def _check_all(ctx: ModeContext, spec: CheckSpec) -> ChecksReport:
             timeout = min(TIMEOUT_S, ctx.deadline_at - time.monotonic())
             if timeout < _MIN_RUN_S:
                 return None
-            return await run_checks(spec, code, timeout=timeout, memory_mb=MEMORY_MB)
+            run = await run_checks(spec, code, timeout=timeout, memory_mb=MEMORY_MB)
+        ctx.memo[key] = run
+        return run
 
-    runs = await asyncio.gather(*(one(m) for m in ctx.candidates))
+    runs = await asyncio.gather(*(one(m) for m in members))
     candidates = [_candidate(m, spec, codes[m.index], run)
-                  for m, run in zip(ctx.candidates, runs, strict=True)]
+                  for m, run in zip(members, runs, strict=True)]
     # Code that did not load cleanly (a SyntaxError, a crash at import) is comparable to
     # nothing: two broken answers failing alike do not "agree".
     signatures = {c.member: _signature(spec, run)

@@ -11,7 +11,15 @@ from typing import Any
 from ..accounts import Votes, VoteSplit
 from ..judge import normalise
 from ..types import MemberResult
-from .base import ModeContext, ModeOutcome, choice_schema, pick_label, register
+from .base import (
+    PICK_MAX_TOKENS,
+    SAMPLES_AGREE,
+    ModeContext,
+    ModeOutcome,
+    choice_schema,
+    pick_label,
+    register,
+)
 
 MAX_LABEL_WORDS = 4
 
@@ -49,7 +57,8 @@ async def _labels(ctx: ModeContext) -> dict[int, str]:
     schema = {"type": "object", "properties": {"labels": {"type": "object"}},
               "required": ["labels"]}
     mapped = await ctx.judge.verdict(system, prompt, schema,
-                                     _label_validator({i.label for i in labeled}))
+                                     _label_validator({i.label for i in labeled}),
+                                     max_tokens=PICK_MAX_TOKENS)
     if mapped is None:
         # Fallback rule: the first line of each answer, normalised.
         return {m.index: normalise((m.content or "").strip().splitlines()[0])
@@ -61,15 +70,17 @@ async def _break_tie(ctx: ModeContext, tied: list[str], by_member: dict[int, str
     voters = [m for m in ctx.candidates if by_member[m.index] in tied]
     labeled = ctx.labeled(voters)
     task = ("The panel is split between these answers. Pick the candidate whose answer is "
-            'correct. Reply as JSON: {"reason": "...", "choice": "<label>"}')
+            'correct. Reply as JSON: {"reason": "<one short sentence>", "choice": "<label>"}')
     system, prompt = ctx.judge_prompt(labeled, task)
-    verdict = await ctx.judge.verdict(system, prompt, choice_schema(labeled), pick_label(labeled))
+    verdict = await ctx.judge.verdict(system, prompt, choice_schema(labeled), pick_label(labeled),
+                                      max_tokens=PICK_MAX_TOKENS)
     if verdict is None:  # fallback rule: the tied answer of the first-listed member
         return by_member[min(voters, key=lambda m: m.index).index]
     return by_member[verdict[0].member.index]
 
 
-@register("vote", shortcut=False)  # the split is the answer, unanimous or not
+# The split is the answer, unanimous or not.
+@register("vote", shortcut=False, accept=SAMPLES_AGREE)
 async def vote(ctx: ModeContext) -> ModeOutcome:
     by_member = await _labels(ctx)
     counts = Counter(by_member.values())

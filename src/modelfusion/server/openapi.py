@@ -29,8 +29,11 @@ SKILLS = {"anyOf": [{"type": "array", "items": {"type": "string", "minLength": 1
 
 
 def _range(rule: Rule) -> dict[str, Any]:
-    """JSON Schema bounds of one option (quorum's upper bound depends on the panel)."""
+    """JSON Schema bounds of one option (quorum's upper bound depends on the panel); the
+    levels of one that takes a word (effort)."""
     out: dict[str, Any] = {}
+    if rule.choices is not None:
+        out["enum"] = list(rule.choices)
     if rule.minimum is not None:
         out["exclusiveMinimum" if rule.above_minimum else "minimum"] = rule.minimum
     if rule.maximum is not None:

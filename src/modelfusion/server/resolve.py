@@ -18,14 +18,15 @@ from ..config import Config, Preset, parse_spec
 from ..errors import ConfigError, UsageError
 from ..fusion import DEPTH_HEADER, Fusion, ProviderPool
 from ..modes import MODES
-from ..plan import select
+from ..options import EFFORT_OFF, FusionOptions
+from ..plan import ADAPTIVE_OPTIONS, select
 from .errors import ApiError, bad_request, usage_error
 from .schemas import ChatRequest
 from .settings import ServerSettings
 
 _URLISH = re.compile(r"://|^//|^[a-z][a-z0-9+.-]*:/", re.I)
 # Options that mean nothing for a single member (and quorum would fail validation there).
-_PANEL_ONLY = ("quorum", "rounds", "fallback_judge", "judge_temperature")
+_PANEL_ONLY = ("quorum", "rounds", "fallback_judge", "judge_temperature", *ADAPTIVE_OPTIONS)
 
 
 @dataclass(slots=True)
@@ -91,6 +92,9 @@ def prepare(req: ChatRequest, config: Config, pool: ProviderPool, settings: Serv
             options.pop(name, None)
         if preset is not None and preset.options.get("quorum") is not None:
             options["quorum"] = 1
+        if preset is not None and any(preset.options.get(k) for k in ADAPTIVE_OPTIONS):
+            options["effort"] = EFFORT_OFF  # one member, as asked: no samples of it
+    _cap_samples(req, options, settings)
     _cap_max_tokens(req, options, preset, settings)
     options["depth"] = depth
     try:
@@ -145,6 +149,19 @@ def check_spec(spec: str, param: str, config: Config,
         raise bad_request(f"{param}: provider {parsed.provider!r} is not enabled on this "
                           f"server; requests may name: {', '.join(sorted(allowed)) or 'none'} "
                           "(or use fusion / fusion/<preset>)", param, "provider_not_allowed")
+
+
+def _cap_samples(req: ChatRequest, options: dict[str, Any], settings: ServerSettings) -> None:
+    """A request's sample budget is seats it may ask for: the same cap as its models."""
+    for name in ADAPTIVE_OPTIONS:
+        if name not in options or name not in req.params:
+            continue
+        # The types were checked when parsed; an unknown level is the engine's to name.
+        samples = FusionOptions(**{name: options[name]}).samples
+        if samples is not None and samples > settings.max_members:
+            raise bad_request(f"{name} asks for {samples} samples: at most "
+                              f"{settings.max_members} per request", req.params[name],
+                              "too_many_members")
 
 
 def _cap_max_tokens(req: ChatRequest, options: dict[str, Any], preset: Preset | None,

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from ..accounts import Analysis, ChecksReport, Votes
+from ..accounts import Analysis, ChecksReport, Compute, Votes
 from ..errors import RunError
 from ..review.findings import ReviewAnalysis
 from ..types import FusionResult, JudgeResult, MemberResult, Message, Usage, spent, to_messages
@@ -79,6 +79,7 @@ class TraceRecord:
     timings: dict[str, float] = field(default_factory=dict)
     error_message: str | None = None
     checks: ChecksReport | None = None  # verified mode
+    compute: Compute | None = None  # adaptive compute (max_samples)
 
     @property
     def id(self) -> str:
@@ -101,6 +102,7 @@ class TraceRecord:
             "votes": self.votes.to_dict() if self.votes else None,
             "rounds": [[m.to_dict() for m in r] for r in self.rounds] if self.rounds else None,
             "checks": self.checks.to_dict() if self.checks else None,
+            "compute": self.compute.to_dict() if self.compute else None,
             "usage": self.usage.to_dict(),
             "timings": self.timings,
             "error": {"code": s.error_code, "message": self.error_message}
@@ -146,7 +148,8 @@ def _result_columns(r: FusionResult) -> dict[str, Any]:
         "mode": r.mode, "status": "ok", "answer": r.answer, "chosen": r.chosen,
         "reason": r.reason, "members": d["members"], "judge": d["judge"],
         "analysis": d["analysis"], "votes": d["votes"], "rounds": d["rounds"],
-        "checks": d["checks"], "timings": d["timings"], "prompt_tokens": r.usage.prompt_tokens,
+        "checks": d["checks"], "compute": d["compute"], "timings": d["timings"],
+        "prompt_tokens": r.usage.prompt_tokens,
         "completion_tokens": r.usage.completion_tokens, "cost": r.cost,
         "total_ms": round(r.timings.total_ms, 2), "degraded": r.degraded,
         "members_ok": ok, "members_failed": len(r.members) - ok,
@@ -160,7 +163,7 @@ def _failure_columns(error: Exception | None, mode: str | None) -> dict[str, Any
     return {
         "mode": mode, "status": "failed", "answer": None, "chosen": None, "reason": None,
         "members": [m.to_dict() for m in members], "judge": None, "analysis": None,
-        "votes": None, "rounds": None, "checks": None, "timings": None,
+        "votes": None, "rounds": None, "checks": None, "compute": None, "timings": None,
         "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
         "cost": cost, "total_ms": None, "degraded": True,
         "members_ok": ok, "members_failed": len(members) - ok,
@@ -227,6 +230,7 @@ def _record(row: Any) -> TraceRecord:
         usage=Usage(row.prompt_tokens, row.completion_tokens),
         timings=dict(row.timings or {}), error_message=row.error_message,
         checks=ChecksReport.from_dict(row.checks) if row.checks else None,
+        compute=Compute.from_dict(row.compute) if row.compute else None,
     )
 
 

@@ -80,6 +80,7 @@ traces = Table(
     Column("votes", _Json),
     Column("rounds", _Json),
     Column("checks", _Json),  # verified mode's per-candidate check results (schema v2)
+    Column("compute", _Json),  # adaptive compute: samples spent, why it stopped (schema v3)
     Column("timings", _Json),
     Column("prompt_tokens", Integer, nullable=False),
     Column("completion_tokens", Integer, nullable=False),
@@ -102,14 +103,24 @@ def _v1(conn: Connection) -> None:
 def _v2(conn: Connection) -> None:
     """`checks`: which visible checks each candidate passed (verified mode). Its own column,
     like `analysis` and `votes`: one JSON value per mode's account, NULL for other modes."""
-    if "checks" not in {c["name"] for c in inspect(conn).get_columns(traces.name)}:
+    _add_json_column(conn, "checks")
+
+
+def _v3(conn: Connection) -> None:
+    """`compute`: adaptive compute's account (samples used of max_samples, stages, why it
+    stopped); NULL when a fusion ran without max_samples."""
+    _add_json_column(conn, "compute")
+
+
+def _add_json_column(conn: Connection, name: str) -> None:
+    if name not in {c["name"] for c in inspect(conn).get_columns(traces.name)}:
         kind = _Json.compile(dialect=conn.dialect)  # JSON on SQLite, JSONB on PostgreSQL
-        conn.execute(text(f"ALTER TABLE traces ADD COLUMN checks {kind}"))
+        conn.execute(text(f"ALTER TABLE traces ADD COLUMN {name} {kind}"))
 
 
 # Step N brings the schema from N-1 to N. Steps must be idempotent (SQLite replicas have no
 # lock to serialise them): add a column only after checking it is missing.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2, 3: _v3}
 SCHEMA_VERSION = max(MIGRATIONS)
 
 # Any constant works; it only has to be the same for every modelfusion process.

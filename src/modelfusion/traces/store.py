@@ -297,7 +297,7 @@ class TraceStore:
 
 # Columns `recent()` leaves out: they can be large and the log does not show them.
 _HEAVY = frozenset({"messages", "members", "judge", "analysis", "votes", "rounds", "answer",
-                    "reason", "timings", "error_message", "checks"})
+                    "reason", "timings", "error_message", "checks", "compute"})
 
 
 @atexit.register
