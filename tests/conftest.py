@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from modelfusion.code import harness as harness_module
+from modelfusion.code.sandbox import run_python
 from modelfusion.config import load_config
 from modelfusion.server import ServerSettings, create_app
 from modelfusion.traces.store import TraceStore
@@ -159,3 +161,16 @@ def page() -> Iterator[Any]:
         yield pg
         context.close()
         browser.close()
+
+
+@pytest.fixture
+def programs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every program verified mode sends to the sandbox (it still runs for real)."""
+    sent: list[str] = []
+
+    async def spy(code: str, **kw: Any) -> Any:
+        sent.append(code)
+        return await run_python(code, **kw)
+
+    monkeypatch.setattr(harness_module, "run_python", spy)
+    return sent

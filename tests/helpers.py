@@ -274,3 +274,25 @@ index ce01362..0000000
 -hello
 Binary files a/logo.png and b/logo.png differ
 """
+
+
+# ---- verified mode's sample request and answers (test_verified, test_adaptive)
+
+PROMPT = '''from typing import List
+
+
+def add_one(xs: List[int]) -> List[int]:
+    """Add one to every element.
+    >>> add_one([1, 2])
+    [2, 3]
+    >>> add_one([])
+    []
+    """
+'''
+# Correct, and leaves out `from typing import List`: the request's context supplies it.
+CORRECT = "Here you go:\n```python\ndef add_one(xs: List[int]) -> List[int]:\n" \
+          "    return [x + 1 for x in xs]\n```"
+WRONG = "```python\ndef add_one(xs):\n    return xs\n```"  # fails add_one([1, 2])
+# Passes both visible examples, fails the hidden test.
+HIDDEN_WRONG = "```python\ndef add_one(xs):\n    return [x + 1 for x in xs[:2]]\n```"
+PROSE = "I would loop over the list and add one to each element."

@@ -22,10 +22,8 @@ from modelfusion.modes import MODES
 from modelfusion.traces.store import SCHEMA_VERSION, TraceStore
 from modelfusion.types import FusionEvent, JudgeResult, MemberResult
 from tests.fake_upstream import FakeUpstream, RecordedRequest, Reply
+from tests.helpers import CORRECT, PROMPT, PROSE, WRONG, Served, judge_requests, pick
 from tests.helpers import fusion as fusion_cli
-from tests.test_engine import judge_requests, pick
-from tests.test_server import Served, serve, server_config  # noqa: F401
-from tests.test_verified import CORRECT, PROMPT, PROSE, WRONG, programs  # noqa: F401
 
 FAST = {"retry_backoff": 0.01, "seed": 11, "judge": "fake:judge"}
 MEMBERS = ["fake:alpha", "fake:beta", "fake:gamma"]
@@ -54,7 +52,7 @@ def by_temperature(greedy: str, sampled: str) -> Callable[[RecordedRequest], str
 
 
 async def test_the_lead_passing_every_check_is_the_answer_and_nobody_else_is_asked(
-        upstream, fake_config, programs):  # noqa: F811
+        upstream, fake_config, programs):
     upstream.script("alpha", CORRECT)
     result = await run(fake_config, MEMBERS, mode="verified", max_samples=4)
     assert members_asked(upstream) == ["alpha"]  # stage 1 only: no other member, no judge
@@ -74,7 +72,7 @@ async def test_the_lead_passing_every_check_is_the_answer_and_nobody_else_is_ask
 
 
 async def test_a_lead_failing_a_check_escalates_and_a_passing_candidate_wins(
-        upstream, fake_config, programs):  # noqa: F811
+        upstream, fake_config, programs):
     upstream.script("alpha", WRONG)
     upstream.script("beta", CORRECT)
     upstream.script("gamma", PROSE)
@@ -337,7 +335,7 @@ def test_cli_flags_status_line_json_and_trace(upstream, fake_config, tmp_path):
     assert json.loads(off.stdout)["compute"] is None  # the --json contract, unchanged
 
 
-def test_server_request_sets_the_budget(serve: Callable[..., Served],  # noqa: F811
+def test_server_request_sets_the_budget(serve: Callable[..., Served],
                                         upstream: FakeUpstream):
     served = serve()
     upstream.script("alpha", CORRECT)

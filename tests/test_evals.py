@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from modelfusion import UsageError
 from modelfusion.cli import app
 from modelfusion.cli.eval_progress import EvalProgress
 from modelfusion.evals import dataset
@@ -426,3 +427,23 @@ def test_cli_eval_on_the_embedded_model(session_home, tmp_path):
     assert set(results["pass@1"]) == {f"solo local:{MODEL}", "fused best-of"}
     assert (out / "chart.png").read_bytes().startswith(PNG)
     assert "pass@1" in proc.stdout
+
+
+def test_a_one_member_panel_gets_no_self_fusion_and_a_note():
+    """`fusion eval -m M` is what a new user tries first: no flag demanded, a note instead."""
+    from modelfusion.evals.configs import build_configs, self_fusion_note
+
+    configs = build_configs(["fake:a"], "fake:a", ["best-of"], None)
+    assert [c.kind for c in configs] == ["solo", "greedy", "fused"]
+    assert "no self-fusion baseline" in (self_fusion_note(["fake:a"], None) or "")
+    assert self_fusion_note(["fake:a*2"], None) is None
+    with pytest.raises(UsageError, match="at least 2 samples"):
+        build_configs(["fake:a"], "fake:a", ["best-of"], "fake:a*1")
+
+
+def test_a_run_at_temperature_zero_needs_no_second_greedy_solo():
+    from modelfusion.evals.configs import build_configs
+
+    kinds = [c.kind for c in build_configs(["fake:a", "fake:b"], "fake:a", ["best-of"],
+                                           "none", temperature=0)]
+    assert kinds == ["solo", "solo", "fused"]

@@ -19,7 +19,7 @@ from modelfusion.server.errors import ApiError
 from modelfusion.server.resolve import prepare
 from modelfusion.server.schemas import OPTION_TYPES, parse_chat_request
 from modelfusion.server.settings import ServerSettings
-from tests.test_engine import pick
+from tests.helpers import pick
 
 
 @pytest.fixture

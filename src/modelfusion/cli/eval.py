@@ -14,7 +14,7 @@ from rich.table import Table
 
 from ..config import load_config
 from ..evals import dataset, report
-from ..evals.configs import build_configs
+from ..evals.configs import build_configs, self_fusion_note
 from ..evals.grade import MEMORY_MB, TIMEOUT_S
 from ..evals.runner import Runner
 from ..evals.store import RunDir
@@ -116,7 +116,11 @@ def register(app: typer.Typer) -> None:
         options.pop("seed", None)  # per problem, below
         # The sample budget is the fused configs' own (a solo member is one sample).
         adaptive = {k: options.pop(k) for k in ADAPTIVE_OPTIONS if k in options}
-        configs = build_configs(panel, judge_spec, modes, self_fusion, adaptive)
+        configs = build_configs(panel, judge_spec, modes, self_fusion, adaptive,
+                                options.get("temperature"))
+        note = self_fusion_note(panel, self_fusion)
+        if note:
+            err.print(f"note: {note}", markup=False, highlight=False)
 
         run_dir = RunDir(out or Path("fusion-eval") / name.lower())
         runner = Runner(configs=configs, problems=problems, run_dir=run_dir, config=cfg,

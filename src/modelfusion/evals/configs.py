@@ -2,7 +2,8 @@
 
 - solo: each distinct member model alone (one sample; a one-member Fusion, judge skipped),
 - greedy: the lead (the first listed model) alone at temperature 0, `solo M t=0`: the way
-  a user runs a model on its own, the baseline a fusion has to beat (always run),
+  a user runs a model on its own, the baseline a fusion has to beat (unless the whole
+  run is at temperature 0: then `solo M` is that baseline already),
 - fused: the panel in each requested mode (with `--max-samples` / `--effort`: adaptive
   compute, named `fused MODE max_samples=N` / `fused MODE effort=LEVEL`),
 - self: the self-fusion baseline, one model sampled as many times as the panel has seats,
@@ -53,18 +54,20 @@ def self_fusion_note(panel: list[str], self_fusion: str | None) -> str | None:
 
 
 def build_configs(panel: list[str], judge: str, modes: list[str],
-                  self_fusion: str | None, adaptive: Mapping[str, Any] | None = None
-                  ) -> list[EvalConfig]:
+                  self_fusion: str | None, adaptive: Mapping[str, Any] | None = None,
+                  temperature: float | None = None) -> list[EvalConfig]:
     """`self_fusion`: None = the default (judge model × seats), "none" = skip, else a spec.
-    `adaptive`: `max_samples` or `effort` for the fused configs (named after it)."""
+    `adaptive`: `max_samples` or `effort` for the fused configs (named after it).
+    `temperature`: the run's; at 0 the solo configs are greedy already, so no second one."""
     specs = [parse_spec(s) for s in panel]
     seats = sum(s.count for s in specs)
     configs: list[EvalConfig] = []
     for model in dict.fromkeys(s.id for s in specs):  # distinct, in the order given
         configs.append(EvalConfig(f"solo {model}", "solo", (model,), model, SOLO_MODE))
     lead = specs[0].id
-    configs.append(EvalConfig(f"solo {lead} t=0", "greedy", (lead,), lead, SOLO_MODE,
-                              options=GREEDY))
+    if temperature != 0:
+        configs.append(EvalConfig(f"solo {lead} t=0", "greedy", (lead,), lead, SOLO_MODE,
+                                  options=GREEDY))
     if len(set(modes)) != len(modes):
         raise UsageError(f"--mode given twice: {modes}")
     budget = {k: v for k, v in (adaptive or {}).items() if v is not None}
