@@ -109,3 +109,26 @@ def test_help_teaches(home):
     assert proc.returncode == 0
     for flag in ("--model", "--judge", "--mode", "--quorum", "--json", "--show", "--offline"):
         assert flag in proc.stdout
+
+
+def test_version_prints_the_package_version(home):
+    from modelfusion import __version__
+
+    proc = fusion("--version", home=home)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"fusion (modelfusion) {__version__}"
+
+
+def test_models_says_the_local_provider_runs_in_process(home):
+    proc = fusion("models", home=home)
+    assert proc.returncode == 0, proc.stderr
+    local = next(line for line in proc.stdout.splitlines() if line.startswith("│ local "))
+    assert "(in-process)" in local and "SDK default" not in local
+
+
+@pytest.mark.parametrize(("cost", "shown"), [(None, "cost unknown"), (0.0, "$0"),
+                                             (0.00012, "$0.00012"), (0.5, "$0.5000")])
+def test_cost_text_never_prints_a_free_fusion_as_fractions_of_a_cent(cost, shown):
+    from modelfusion.cli.common import cost_text
+
+    assert cost_text(cost) == shown
