@@ -22,7 +22,7 @@ from .budget import Budget, estimate_tokens
 from .config import Config, load_config
 from .errors import AllMembersFailed
 from .judge import Judge, JudgeSeat, defusals, nothing_to_judge
-from .modes import MODES, ModeContext, ModeOutcome
+from .modes import MODES, ModeContext, ModeOutcome, ModeSpec
 from .options import MAX_SECONDS as MAX_SECONDS  # re-exported: callers import them from here
 from .options import FusionOptions as FusionOptions
 from .panel import Member, Panel, PanelOptions
@@ -189,36 +189,12 @@ class Fusion:
                                seats=members, deadline_at=deadline_at, rounds=opts.rounds,
                                rubric=plan.rubric, memo=memo)
 
-        first = len(members) if plan.first is None else plan.first
-        # Adaptive stage 1 waits for all of its (one or two) members: the mode's acceptance
-        # rule reads them together; the quorum counts from there on.
-        lead_panel = panel if plan.first is None else panel.with_quorum(None)
-        results = await self._stage(lead_panel, members[:first], messages, panel_end, budget)
-        panel_s = time.monotonic() - started
-        ctx: ModeContext | None = None
-        compute = None
-        if plan.first is not None:  # adaptive compute: the mode says whether stage 1 stands
-            assert mode.accept is not None and opts.samples is not None
-            ctx = context(results) if any(r.ok for r in results) else None
-            stopped = await mode.accept.test(ctx) if ctx is not None else None
-            stages = 1
-            if stopped is None:
-                rest = members[first:]
-                if not rest:
-                    stopped = "budget_spent"
-                elif time.monotonic() >= panel_end:
-                    stopped = "deadline"
-                else:
-                    answered = sum(r.ok for r in results)
-                    more = panel.with_quorum(max(1, opts.quorum - answered)
-                                             if opts.quorum else None)
-                    stage_started = time.monotonic()
-                    results = [*results, *await self._stage(more, rest, messages, panel_end,
-                                                            budget)]
-                    panel_s += time.monotonic() - stage_started
-                    stopped, stages, ctx = "budget_spent", 2, None
-            compute = Compute(max_samples=opts.samples, samples_used=len(results),
-                              stages=stages, stopped=stopped, lead=members[0].label)
+        if plan.first is None:  # every seat at once
+            results = await self._stage(panel, members, messages, panel_end, budget)
+            panel_s, compute, ctx = time.monotonic() - started, None, None
+        else:
+            results, panel_s, compute, ctx = await self._adaptive(
+                plan, mode, panel, members, messages, panel_end, budget, context)
         if ctx is None:  # stage 2 ran (or adaptive compute is off): every candidate
             ctx = context(results)
         judge, candidates = ctx.judge, ctx.candidates
@@ -253,6 +229,44 @@ class Fusion:
         )
         emit(FusionEvent("done", result=result))
         return result
+
+    async def _adaptive(self, plan: Plan, mode: ModeSpec, panel: Panel,
+                        members: list[Member], messages: list[Message], end: float,
+                        budget: Budget, context: Callable[[list[MemberResult]], ModeContext]
+                        ) -> tuple[list[MemberResult], float, Compute, ModeContext | None]:
+        """Adaptive compute: stage 1 (the lead, and the samples its mode asks for), then the
+        rest of the budget only when the mode's acceptance rule does not take stage 1.
+
+        Returns the results, the panel's seconds, the account, and the mode's context when
+        stage 1 stood (stage 2 needs a new one over every candidate)."""
+        opts = plan.options
+        assert mode.accept is not None and opts.samples is not None and plan.first is not None
+        started = time.monotonic()
+        # Stage 1 waits for all of its (one or two) members: the acceptance rule reads them
+        # together; the quorum counts from there on.
+        results = await self._stage(panel.with_quorum(None), members[:plan.first], messages,
+                                    end, budget)
+        panel_s = time.monotonic() - started
+        ctx = context(results) if any(r.ok for r in results) else None
+        stopped = await mode.accept.test(ctx) if ctx is not None else None
+        stages = 1
+        if stopped is None:
+            rest = members[plan.first:]
+            if not rest:
+                stopped = "budget_spent"
+            elif time.monotonic() >= end:
+                stopped = "deadline"
+            else:
+                answered = sum(r.ok for r in results)
+                more = panel.with_quorum(max(1, opts.quorum - answered) if opts.quorum
+                                         else None)
+                stage_started = time.monotonic()
+                results = [*results, *await self._stage(more, rest, messages, end, budget)]
+                panel_s += time.monotonic() - stage_started
+                stopped, stages, ctx = "budget_spent", 2, None
+        compute = Compute(max_samples=opts.samples, samples_used=len(results), stages=stages,
+                          stopped=stopped, lead=members[0].label)
+        return results, panel_s, compute, ctx
 
     @staticmethod
     async def _stage(panel: Panel, members: list[Member], messages: list[Message],
