@@ -136,7 +136,8 @@ def resolve(config: Config, models: Sequence[str] | None = None, judge: str | No
         merged["skills"] = tuple(merged["skills"])
     opts = FusionOptions(**merged)
     if sel.mode not in MODES:
-        raise UsageError(f"unknown mode {sel.mode!r}; choose one of: {', '.join(sorted(MODES))}")
+        raise UsageError(f"unknown mode {sel.mode!r}; choose one of: {', '.join(sorted(MODES))}",
+                         option="mode")
 
     specs = [parse_spec(spec) for spec in sel.models]
     seats = [seat for spec in specs for seat in _copies(spec, opts)]

@@ -17,7 +17,6 @@ from typing import Any
 from ..config import Config, Preset, parse_spec
 from ..errors import ConfigError, UsageError
 from ..fusion import DEPTH_HEADER, Fusion, ProviderPool
-from ..modes import MODES
 from ..options import EFFORT_OFF, FusionOptions
 from ..plan import ADAPTIVE_OPTIONS, select
 from .errors import ApiError, bad_request, usage_error
@@ -64,9 +63,6 @@ def prepare(req: ChatRequest, config: Config, pool: ProviderPool, settings: Serv
         value = req.judge if name == "judge" else req.options.get(name)
         if value:
             check_spec(value, req.params[name], config, allowed)
-    if req.mode is not None and req.mode not in MODES:
-        raise bad_request(f"unknown mode {req.mode!r}; choose one of: "
-                          f"{', '.join(sorted(MODES))}", req.params["mode"])
     if req.models is not None:
         seats = sum(parse_spec(s).count for s in req.models)
         if seats > settings.max_members:
