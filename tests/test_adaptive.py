@@ -103,6 +103,17 @@ async def test_a_lead_failing_a_check_escalates_and_a_passing_candidate_wins(
     assert len(programs) == 3
 
 
+async def test_a_request_with_nothing_to_run_keeps_the_lead(upstream, fake_config):
+    # No example calls at all: more samples could only be compared by reading them.
+    upstream.script("alpha", CORRECT)
+    result = await run(fake_config, MEMBERS, mode="verified", max_samples=4,
+                       prompt="Write add_one(xs) that adds one to each item of a list.")
+    assert members_asked(upstream) == ["alpha"]
+    assert result.answer == CORRECT and result.judge.status == "skipped"
+    assert result.compute is not None and result.compute.stopped == "nothing_to_verify"
+    assert result.compute.line() == "1 of 4 samples · nothing to verify"
+
+
 async def test_samples_of_the_lead_fill_the_budget_and_a_passing_one_wins(upstream,
                                                                           fake_config):
     upstream.script("alpha", by_seed({13: CORRECT}, WRONG))  # the third sample is right

@@ -38,7 +38,7 @@ def test_humaneval_prompt_gives_doctests_context_and_entry() -> None:
     assert "from typing import List" in spec.context
     assert "def is_palindrome" in spec.context and "make_palindrome" not in spec.context
     assert spec.total == 2 and spec.counts() == {"doctest": 2, "assert": 0, "example": 0,
-                                                    "probe": 0}
+                                                    "probe": 0, "generated": 0}
 
 
 def test_multi_line_output_continuation_lines_and_setup_steps() -> None:
@@ -170,7 +170,7 @@ def test_calls_without_a_usable_expected_value_are_probes_not_checks() -> None:
 ''')
     assert spec.checks == (Check("example", 'fruit("0 apples and 1 oranges", 3)', "2"),
                            Check("probe", 'fruit("5 apples and 6 oranges", 19)'))
-    assert spec.total == 1 and spec.probes == 1  # a probe is run, never counted
+    assert spec.total == 1 and spec.inputs == 1  # a probe is run, never counted
 
 
 def test_lowercase_true_and_returns_comments_are_examples() -> None:

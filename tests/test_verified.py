@@ -289,11 +289,12 @@ def test_cli_json_and_text_output(upstream, fake_config, tmp_path):
     assert out["mode"] == "verified" and out["chosen"] == "fake:beta"
     checks = out["checks"]
     assert checks["rule"] == "one_passed" and checks["total"] == 2
-    assert checks["found"] == {"doctest": 2, "assert": 0, "example": 0, "probe": 0}
+    assert checks["found"] == {"doctest": 2, "assert": 0, "example": 0, "probe": 0,
+                               "generated": 3}
     row = checks["candidates"][0]
     assert checks["duration_ms"] > 0
     assert set(row) == {"member", "model", "passed", "total", "agreement", "status", "error",
-                        "isolated", "results"}
+                        "isolated", "results", "group"}
     assert row["results"][0] == {"check": "add_one([1, 2])", "expected": "[2, 3]",
                                  "ok": False, "actual": "[1, 2]"}
     plain = fusion(*args, PROMPT, home=home)
@@ -409,20 +410,54 @@ async def test_end_to_end_on_a_humaneval_prompt_with_the_embedded_model(model_ho
     assert SENTINEL not in json.dumps(result.to_dict())
 
 
-async def test_no_checks_but_example_inputs_rank_by_behaviour(upstream, fake_config):
+async def test_no_checks_but_example_inputs_the_largest_behaviour_group_wins(upstream,
+                                                                           fake_config):
     prompt = ('def double(n):\n    """Return twice n: double(4) gives eight, double(-1) '
               'minus two."""\n')
     times = "```python\ndef double(n):\n    return n * 2\n```"
     plus = "```python\ndef double(n):\n    return n + n\n```"
     square = "```python\ndef double(n):\n    return n ** 2\n```"
-    script(upstream, times, square, plus, judge=pick("n + n"))
+    script(upstream, square, plus, times, judge=pick("n ** 2"))
     result = await verify(fake_config, prompt=prompt)
     checks = result.checks
     assert checks is not None and checks.rule == "no_checks" and checks.total == 0
-    assert checks.found["probe"] == 2
-    assert [c.agreement for c in checks.candidates] == [1, 0, 1]
+    assert checks.found["probe"] == 2 and checks.found["generated"] == 6
+    assert [c.agreement for c in checks.candidates] == [0, 1, 1]
+    assert [c.group for c in checks.candidates] == [0, 1, 1]
+    assert judge_requests(upstream) == []  # behaviour decided: no judge call
+    assert result.judge.status == "skipped" and result.judge.reason == "behaviour_majority"
+    assert result.answer == plus and result.chosen == "fake:beta"  # first listed of the two
+    assert "2 of 3 behave alike on 8 more inputs" in (result.reason or "")
+
+
+async def test_no_checks_and_no_two_alike_the_judge_picks_among_all(upstream, fake_config):
+    prompt = 'def grow(n):\n    """Make n bigger, e.g. grow(4)."""\n'
+    answers = [f"```python\ndef grow(n):\n    return n {op}\n```"
+               for op in ("+ 1", "* 3", "** 2")]
+    script(upstream, *answers, judge=pick("* 3"))
+    result = await verify(fake_config, prompt=prompt)
     (req,) = judge_requests(upstream)
-    shown = judge_text(req)
-    assert labels_shown(shown) == 2 and "n ** 2" not in shown  # the odd one out is not shown
-    assert result.answer == plus
-    assert "ranked by behaviour on 2 example inputs" in (result.reason or "")
+    assert labels_shown(judge_text(req)) == 3
+    assert result.answer == answers[1]
+    assert "no two candidates behave alike" in (result.reason or "")
+
+
+async def test_several_passing_one_behaviour_group_wins_without_the_judge(upstream,
+                                                                          fake_config):
+    # Three pass both visible examples; on the generated inputs ([2, 1], [1], [1, 1, 2])
+    # the two right ones agree and the one cut at two elements is alone.
+    also_right = "```python\ndef add_one(xs):\n    return list(map(lambda x: x + 1, xs))\n```"
+    members = ["fake:alpha", "fake:beta", "fake:gamma", "fake:delta"]
+    for model, answer in zip(members, (HIDDEN_WRONG, WRONG, also_right, CORRECT), strict=True):
+        upstream.script(model.split(":")[1], answer)
+    result = await verify(fake_config, members=members)
+    checks = result.checks
+    assert checks is not None and checks.rule == "several_passed"
+    assert checks.passing == [0, 2, 3]
+    assert [c.source for c in find_checks([Message("user", PROMPT)]).checks] == \
+        ["add_one([1, 2])", "add_one([])"]  # the visible checks; the rest is generated
+    assert checks.found["generated"] == 3
+    assert judge_requests(upstream) == []
+    assert result.answer == also_right and result.chosen == "fake:gamma"
+    assert result.reason and result.reason.startswith("3 candidates passed all 2")
+    assert "2 of 3 behave alike on 3 more inputs" in result.reason

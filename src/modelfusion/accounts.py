@@ -116,12 +116,15 @@ class CandidateChecks:
     error: str | None = None
     isolated: bool = False  # the sandbox had its own network and PID namespaces
     results: list[CheckOutcome] = field(default_factory=list)
+    # Its behaviour group: the member index of the first candidate with exactly the same
+    # outputs on every input (its own index when it is the first); None when `agreement` is.
+    group: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"member": self.member, "model": self.model, "passed": self.passed,
                 "total": self.total, "agreement": self.agreement, "status": self.status,
                 "error": self.error, "isolated": self.isolated,
-                "results": [r.to_dict() for r in self.results]}
+                "results": [r.to_dict() for r in self.results], "group": self.group}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> CandidateChecks:
@@ -129,7 +132,8 @@ class CandidateChecks:
                    passed=int(d.get("passed", 0)), total=int(d.get("total", 0)),
                    agreement=d.get("agreement"), status=str(d.get("status", "")),
                    error=d.get("error"), isolated=bool(d.get("isolated")),
-                   results=[CheckOutcome.from_dict(r) for r in d.get("results") or []])
+                   results=[CheckOutcome.from_dict(r) for r in d.get("results") or []],
+                   group=d.get("group"))
 
     def line(self) -> str:
         """One line for a terminal: `model: 2/3 checks passed · failed f(1): ...`."""
@@ -159,7 +163,8 @@ class ChecksReport:
     """Verified mode's account: the checks found, each candidate's results, the rule used."""
 
     total: int  # visible checks found in the request
-    found: dict[str, int]  # per kind: doctest, assert, example; probe (inputs, not counted)
+    # per kind: doctest, assert, example; probe and generated (inputs, not counted)
+    found: dict[str, int]
     rule: str  # one_passed | several_passed | none_passed | no_checks
     passing: list[int]  # member indexes that passed every check
     candidates: list[CandidateChecks]
@@ -194,8 +199,9 @@ class Compute:
     max_samples: int  # the budget: candidates at most
     samples_used: int  # candidates dispatched, stage 1 and stage 2 together
     stages: int  # 1: stage 1 was all that ran; 2: the rest of the budget was dispatched
-    # lead_passed_checks | samples_agree (the mode accepted stage 1) | budget_spent (every
-    # sample of the budget was dispatched) | deadline (no time was left for stage 2)
+    # lead_passed_checks | nothing_to_verify | samples_agree (the mode accepted stage 1) |
+    # budget_spent (every sample of the budget was dispatched) | deadline (no time was left
+    # for stage 2)
     stopped: str
     lead: str  # the lead's label: the first listed model, asked first
 

@@ -100,7 +100,8 @@ def select(config: Config, models: Sequence[str] | None = None, judge: str | Non
            default_preset: str | None = None) -> Selection:
     """Models, judge, mode and options from the caller, then the preset, then the rules:
     the judge defaults to the preset's, else the first member; the mode to the preset's,
-    else merge. A caller's `max_samples` or `effort` replaces the preset's either."""
+    else merge. A caller's `max_samples` or `effort` replaces the preset's either; a mode
+    without an acceptance rule drops the preset's."""
     overrides = dict(options or {})
     unknown = set(overrides) - OPTION_FIELDS
     if unknown:
@@ -112,14 +113,19 @@ def select(config: Config, models: Sequence[str] | None = None, judge: str | Non
         raise UsageError("no models: pass -m provider:model (repeatable) or --preset NAME")
     given = {k: v for k, v in overrides.items() if v is not None}
     defaults = dict(chosen.options if chosen else {})
-    if any(k in given for k in ADAPTIVE_OPTIONS):  # the caller's budget replaces the preset's
+    mode = mode or (chosen.mode if chosen else DEFAULT_MODE)
+    # The caller's budget replaces the preset's; so does a mode of the caller's that has no
+    # acceptance rule (`fusion review` on the `local` preset): the preset's budget was for
+    # its own mode, not a refusal waiting to happen.
+    unsupported = mode in MODES and MODES[mode].accept is None
+    if unsupported or any(k in given for k in ADAPTIVE_OPTIONS):
         for k in ADAPTIVE_OPTIONS:
             defaults.pop(k, None)
     merged = {**defaults, **given}
     return Selection(
         preset=chosen, models=specs,
         judge=judge or (chosen.judge if chosen and chosen.judge else None) or specs[0],
-        mode=mode or (chosen.mode if chosen else DEFAULT_MODE), options=merged)
+        mode=mode, options=merged)
 
 
 def resolve(config: Config, models: Sequence[str] | None = None, judge: str | None = None,

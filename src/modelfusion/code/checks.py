@@ -14,7 +14,10 @@ Only the request's user messages are read — never anything else. Three kinds o
 
 Calls to the request's functions with literal arguments that come with no usable expected
 value (`fruit_distribution("5 apples and 6 oranges", 19) ->19 - 5 - 6 = 8`) become *probes*:
-run, never counted as checks, they only tell which candidates behave alike.
+run, never counted as checks, they only tell which candidates behave alike. So do the
+*generated* inputs: simple variations of the arguments of every such call (`variations`),
+where candidates that all pass the examples can still differ (added by verified mode, not
+found here).
 
 Besides the checks, the request's *context*: its import lines and the helper functions and
 classes it defines with a real body, so that a candidate which leaves out
@@ -36,7 +39,7 @@ from typing import Literal
 from ..types import Message
 from .extract import PYTHON_TAGS, fences, parses
 
-CheckKind = Literal["doctest", "assert", "example", "setup", "probe"]
+CheckKind = Literal["doctest", "assert", "example", "setup", "probe", "generated"]
 MAX_CHECKS = 64  # a request with more examples than this gets the first 64 checked
 MAX_CHARS = 100_000  # of each message: the parsing below must stay cheap on any request
 # Characters handed to the parser while looking for unfenced code in prose, all attempts
@@ -60,7 +63,7 @@ class Check:
 
     @property
     def counted(self) -> bool:
-        return self.kind not in ("setup", "probe")
+        return self.kind not in ("setup", "probe", "generated")
 
     def to_dict(self) -> dict[str, str | None]:
         return {"kind": self.kind, "source": self.source, "expected": self.expected,
@@ -78,12 +81,13 @@ class CheckSpec:
         return sum(c.counted for c in self.checks)
 
     @property
-    def probes(self) -> int:
-        return sum(c.kind == "probe" for c in self.checks)
+    def inputs(self) -> int:
+        """Calls run only to compare candidates' behaviour: probes and generated inputs."""
+        return sum(c.kind in ("probe", "generated") for c in self.checks)
 
     def counts(self) -> dict[str, int]:
         return {kind: sum(c.kind == kind for c in self.checks)
-                for kind in ("doctest", "assert", "example", "probe")}
+                for kind in ("doctest", "assert", "example", "probe", "generated")}
 
 
 def find_checks(messages: Sequence[Message]) -> CheckSpec:

@@ -5,7 +5,8 @@ candidate's code and the checks embedded as JSON data. In the child it runs the 
 the candidate as a module named "candidate" (so an `if __name__ == "__main__":` block in
 the answer does not run), then each check in try/except with its own time limit, and prints
 one JSON line per check behind a per-run marker — as it goes, so a candidate that hangs on
-its fifth check still has its first four reported when the sandbox kills it.
+its fifth check still has its first four reported when the sandbox kills it. Inputs that
+only compare behaviour (probes, generated) get a shorter limit, and a shared one.
 
 Comparison is doctest's, made a little more forgiving: an expression's value is compared
 with the expected output evaluated as Python (`==` on the same builtin type; int and float
@@ -31,9 +32,14 @@ from .sandbox import SandboxResult, run_python
 
 ACTUAL_CHARS = 200  # how much of each actual output the report keeps
 PER_CHECK_S = 3.0
+# Inputs with no expected value (probes, generated) only compare behaviour: a candidate that
+# loops on one must not cost the fusion seconds. Each gets this long, all together INPUTS_S;
+# what is left unrun then reads "skipped" (the same for every candidate that slow).
+INPUT_S = 0.5
+INPUTS_S = 2.0
 
 HARNESS = r'''
-import ast, builtins, doctest, hashlib, io, json, math, signal, sys
+import ast, builtins, doctest, hashlib, io, json, math, signal, sys, time
 from contextlib import redirect_stdout
 
 SPEC = json.loads(%(spec)s)
@@ -169,16 +175,26 @@ for name, source, targets in (("<request>", SPEC["context"], (CONTEXT_NS, ns)),
         except BaseException as e:
             load_error = "%%s %%s" %% (name, exc_text(e))
 emit({"event": "loaded", "error": load_error and short(load_error)})
+inputs_left = SPEC["inputs_s"]
 for i, check in enumerate(SPEC["checks"]):
+    is_input = check["kind"] in ("probe", "generated")
+    if is_input and inputs_left <= 0:
+        emit({"event": "check", "i": i, "ok": False, "actual": "not run: no time left",
+              "sig": "skipped"})
+        continue
+    seconds = min(SPEC["input_s"], inputs_left) if is_input else SPEC["per_check_s"]
+    started = time.monotonic()
     try:
         if check["kind"] == "assert":
-            ok, got, signature = limited(SPEC["per_check_s"], check_assert, check, ns)
+            ok, got, signature = limited(seconds, check_assert, check, ns)
         else:
-            ok, got, signature = limited(SPEC["per_check_s"], check_output, check, ns)
+            ok, got, signature = limited(seconds, check_output, check, ns)
     except CheckTimeout:
-        ok, got, signature = False, "timed out after %%gs" %% SPEC["per_check_s"], "timeout"
+        ok, got, signature = False, "timed out after %%gs" %% seconds, "timeout"
     except BaseException as e:
         ok, got, signature = False, exc_text(e), "raise:" + type(e).__name__
+    if is_input:
+        inputs_left -= time.monotonic() - started
     emit({"event": "check", "i": i, "ok": bool(ok), "actual": short(got), "sig": signature})
 emit({"event": "done"})
 '''
@@ -200,6 +216,7 @@ def program(spec: CheckSpec, code: str, marker: str, *,
     """The whole check program for one candidate: the harness with its data embedded."""
     data = {"marker": marker, "context": spec.context, "code": code,
             "checks": [c.to_dict() for c in spec.checks], "per_check_s": per_check_s,
+            "input_s": min(INPUT_S, per_check_s), "inputs_s": INPUTS_S,
             "actual_chars": ACTUAL_CHARS}
     return HARNESS % {"spec": repr(json.dumps(data))}
 

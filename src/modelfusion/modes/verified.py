@@ -9,26 +9,29 @@ The decision rule (docs/verified.md):
 2. Every candidate's code (`code.extract_code`) runs against them in the sandbox, two at a
    time per process (all fusions together), at most 10 s each. An answer with no code
    fails every check; so does code that crashes or hangs.
-3. Behaviour agreement (CodeT / MBR-exec style): for each candidate, how many others
-   produced exactly the same outputs on the checks' inputs.
+3. Behaviour (CodeT / MBR-exec / AlphaCode style): every candidate also runs on inputs
+   that carry no expected value — the request's own example calls without one (probes)
+   and simple variations of every example call's arguments (generated, `variations`).
+   Candidates with exactly the same outputs on everything form a behaviour group.
 4. - exactly one candidate passes every check: it is the answer; the judge is skipped;
-   - several pass: the judge picks among those only (best-of's judging), told that they all
-     passed; if the judge fails, the passer with the highest agreement wins (ties: the
-     first-listed member);
+   - several pass: their largest behaviour group wins, and in it the first-listed
+     member; the judge is skipped. Only when the largest groups tie does the judge pick,
+     among one candidate of each (best-of's judging, told that they all passed); with no
+     inputs beyond the checks, the judge picks among all passers. If the judge fails: the
+     passer with the highest agreement (ties: the first-listed member);
    - none pass: the judge picks among all, told how many checks each passed and which it
      failed with the expected value (never the actual outputs: the candidate's code wrote
      those, so they stay out of the judge's instructions); if the judge fails: the most
      checks passed, then the highest agreement, then the first-listed member;
-   - no checks found: the reason says so. If the request still calls its function on
-     example inputs (probes, see `checks`), candidates are ranked by behaviour agreement and
-     the judge picks among the most-agreeing ones (the largest group that behaves alike;
-     all candidates when no two agree); if it fails, the most-agreeing, first-listed one.
-     With no example inputs at all, the judge picks among all; if it fails,
-     `consensus_pick`.
+   - no checks found, but example calls to run: the largest behaviour group wins as
+     above; on a tie the judge picks among one of each tied group (among all when no two
+     candidates agree). With nothing at all to run, the judge picks among all; if it
+     fails, `consensus_pick`.
    A judge pool of one candidate, or of identical answers, skips the judge.
 5. Adaptive compute (`max_samples`, docs/adaptive.md): the lead runs alone first and its
-   answer stands when its code passes every visible check (there must be at least one);
-   otherwise the rest of the budget runs and this rule applies to every candidate.
+   answer stands when its code passes every visible check (there must be at least one), or
+   when the request has nothing to run at all; otherwise the rest of the budget runs and
+   this rule applies to every candidate.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from ..accounts import CandidateChecks, CheckOutcome, ChecksReport
 from ..code.checks import Check, CheckSpec, find_checks
 from ..code.extract import defines, extract_code
 from ..code.harness import CheckRun, run_checks
+from ..code.variations import with_generated
 from ..judge import Labeled, consensus_pick, nothing_to_judge
 from ..text import clip
 from ..types import MemberResult
@@ -54,19 +58,28 @@ _MIN_RUN_S = 0.5  # less fusion deadline left than this: the candidate is not ru
 
 
 async def _spec(ctx: ModeContext) -> CheckSpec:
-    """The request's visible checks, found once per fusion (kept in `ctx.memo`)."""
+    """The request's visible checks and generated inputs, found once per fusion (kept in
+    `ctx.memo`)."""
     if "verified.spec" not in ctx.memo:  # CPU work: off the loop
-        ctx.memo["verified.spec"] = await asyncio.to_thread(find_checks, ctx.messages)
+        ctx.memo["verified.spec"] = await asyncio.to_thread(
+            lambda: with_generated(find_checks(ctx.messages)))
     spec: CheckSpec = ctx.memo["verified.spec"]
     return spec
 
 
 async def lead_passes_checks(ctx: ModeContext) -> str | None:
     """Adaptive compute's stage 1 (docs/adaptive.md): the lead's answer stands when its code
-    passes every visible check in the request, and there is at least one."""
+    passes every visible check in the request, and there is at least one — or when the
+    request gives nothing to run at all (no checks, no example calls): then more samples
+    could only be told apart by reading them, which is what a small judge does worse than
+    the lead alone (docs/results.md)."""
     spec = await _spec(ctx)
     lead = [m for m in ctx.candidates if m.index == 0]
-    if not lead or not spec.total:
+    if not lead:
+        return None
+    if not spec.checks:
+        return "nothing_to_verify"
+    if not spec.total:
         return None
     report = await _check_all(ctx, spec, lead)
     return "lead_passed_checks" if report.passing == [0] else None
@@ -79,7 +92,7 @@ async def verified(ctx: ModeContext) -> ModeOutcome:
     report = await _check_all(ctx, spec)
     by_index = {m.index: m for m in ctx.candidates}
     found = ", ".join(f"{n} {kind}" for kind, n in report.found.items()
-                      if n and kind != "probe")
+                      if n and kind not in ("probe", "generated"))
     if report.rule == "one_passed":
         winner = by_index[report.passing[0]]
         ctx.judge.skip("one_candidate_passed_checks")
@@ -87,20 +100,44 @@ async def verified(ctx: ModeContext) -> ModeOutcome:
         reason = f"the only candidate passing all {spec.total} visible checks ({found})"
         return ModeOutcome(answer=winner.content or "", chosen=winner.model, reason=reason,
                            checks=report)
+    if report.rule == "none_passed":
+        best = max(c.passed for c in report.candidates)
+        head = f"no candidate passed all {spec.total} visible checks (best {best}/{spec.total})"
+        return await _judge(ctx, list(ctx.candidates), report, spec, head, None)
     if report.rule == "several_passed":
         pool = [by_index[i] for i in report.passing]
         head = f"{len(pool)} candidates passed all {spec.total} visible checks ({found})"
         evidence = (f"We ran every candidate's code against the {spec.total} checks visible "
                     "in the user's request: each candidate below passed all of them. Choose "
                     "on what those checks do not cover: other inputs, edge cases, clarity.")
-    elif report.rule == "none_passed":
-        pool = list(ctx.candidates)
-        best = max(c.passed for c in report.candidates)
-        head = f"no candidate passed all {spec.total} visible checks (best {best}/{spec.total})"
-        evidence = None  # written per label below, once the pool is labelled
     else:
-        pool, head = _by_agreement(ctx.candidates, report, spec)
+        pool = list(ctx.candidates)
+        head = ("no visible checks found in the request (doctest examples, asserts, "
+                "`f(x) == y` lines)")
         evidence = ""
+        if not spec.inputs:
+            return await _judge(ctx, pool, report, spec, f"{head}: nothing to run", evidence)
+    groups = _groups(pool, report)
+    if spec.inputs and groups and (len(groups) == 1 or len(groups[0]) > len(groups[1])):
+        winner = groups[0][0]  # the largest group behaving alike; in it, the first listed
+        ctx.judge.skip("behaviour_majority")
+        ctx.judge.show([])
+        alike = (f"{len(groups[0])} of {len(pool)} behave alike" if len(groups[0]) > 1
+                 else "the only one whose code ran")
+        reason = f"{head}; {alike} on {spec.inputs} more inputs: chose the first listed of them"
+        return ModeOutcome(answer=winner.content or "", chosen=winner.model, reason=reason,
+                           checks=report)
+    if spec.inputs and groups:
+        # Behaviour cannot separate the largest groups: the judge picks one of them, shown
+        # one candidate per group (the first listed).
+        top = [g[0] for g in groups if len(g) == len(groups[0])]
+        if len(groups[0]) > 1:
+            head += (f"; {len(top)} groups of {len(groups[0])} behave alike on "
+                     f"{spec.inputs} more inputs: the judge saw one of each")
+            pool = top
+        else:
+            head += f"; no two candidates behave alike on {spec.inputs} more inputs"
+            pool = top if report.rule == "several_passed" else pool
     return await _judge(ctx, pool, report, spec, head, evidence)
 
 
@@ -121,7 +158,7 @@ async def _judge(ctx: ModeContext, pool: list[MemberResult], report: ChecksRepor
         evidence = _failures(labeled, report, spec)
     picked = await pick_best(ctx, labeled, evidence=evidence)
     if picked is None:
-        by_text = report.rule == "no_checks" and not spec.probes
+        by_text = report.rule == "no_checks" and not spec.inputs
         winner = consensus_pick(pool) if by_text else ranked[0]
         why = ("the candidate whose text agrees most with the others" if by_text
                else "by checks passed, then behaviour agreement, then member order")
@@ -133,20 +170,16 @@ async def _judge(ctx: ModeContext, pool: list[MemberResult], report: ChecksRepor
                        checks=report)
 
 
-def _by_agreement(candidates: list[MemberResult], report: ChecksReport, spec: CheckSpec
-                  ) -> tuple[list[MemberResult], str]:
-    """No checks: the judge's pool is the largest group of candidates that behave alike."""
-    head = "no visible checks found in the request (doctest examples, asserts, `f(x) == y` lines)"
-    if not spec.probes:
-        return list(candidates), f"{head}: nothing to run"
-    agreement = {c.member: c.agreement or 0 for c in report.candidates}
-    top = max(agreement.values())
-    if top == 0:
-        return list(candidates), (f"{head}; no two candidates behave alike on the "
-                                  f"{spec.probes} example inputs")
-    pool = [m for m in candidates if agreement[m.index] == top]
-    return pool, (f"{head}; ranked by behaviour on {spec.probes} example inputs: the judge "
-                  f"saw the {len(pool)} candidates whose outputs agree with the most others")
+def _groups(pool: list[MemberResult], report: ChecksReport) -> list[list[MemberResult]]:
+    """The pool's candidates by behaviour group (same outputs on every input), largest
+    first, ties in member order; candidates that cannot be compared are left out."""
+    group = {c.member: c.group for c in report.candidates}
+    groups: dict[int, list[MemberResult]] = {}
+    for member in pool:
+        key = group.get(member.index)
+        if key is not None:
+            groups.setdefault(key, []).append(member)
+    return sorted(groups.values(), key=lambda g: (-len(g), g[0].index))
 
 
 def _fallback_order(pool: list[MemberResult], report: ChecksReport) -> list[MemberResult]:
@@ -237,10 +270,13 @@ async def _check_all(ctx: ModeContext, spec: CheckSpec,
     signatures = {c.member: _signature(spec, run)
                   if c.status == "ran" and run is not None and run.load_error is None else None
                   for c, run in zip(candidates, runs, strict=True)}
+    first: dict[tuple[str, ...], int] = {}
     for c in candidates:
         mine = signatures[c.member]
-        c.agreement = None if mine is None else sum(
-            1 for i, s in signatures.items() if i != c.member and s == mine)
+        if mine is None:
+            continue
+        c.group = first.setdefault(mine, c.member)
+        c.agreement = sum(1 for i, s in signatures.items() if i != c.member and s == mine)
     total = spec.total
     passing = [c.member for c in candidates if total and c.passed == total]
     rule = ("no_checks" if not total else "one_passed" if len(passing) == 1
