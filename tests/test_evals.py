@@ -346,6 +346,15 @@ def test_adaptive_fused_configs_are_named_by_their_budget(scripted, fake_config,
     assert rows["fused best-of max_samples=2"]["samples_mean"] == 2.0
     assert rows["solo fake:good"]["samples_mean"] is None
     assert results["pass@1"]["fused best-of max_samples=2"] == pytest.approx(2 / 3, abs=1e-4)
+    # How each problem was decided, and which the fusion won or lost against the reference.
+    paths = results["paths"]["fused best-of max_samples=2"]
+    assert paths["paths"] == {"stage 1: samples_agree · judge skipped (identical_candidates)":
+                              {"problems": 3, "passed": 2}}
+    by_task = {(r["config"], r["task_id"]): r["passed"] for r in records}
+    ref = results["reference"]
+    assert paths["lost"] == [t for t in results["task_ids"] if by_task[(ref, t)]
+                             and not by_task[("fused best-of max_samples=2", t)]]
+    assert "decision paths" in (out / "results.md").read_text()
     # A rerun without the flag adds the plain fused config beside it.
     assert _eval(fake_config, out).exit_code == 0
     assert {"fused best-of", "fused best-of max_samples=2"} <= set(

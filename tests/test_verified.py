@@ -145,23 +145,21 @@ async def test_verified_never_reads_the_hidden_tests(upstream, fake_config, prog
         assert (await run_python(code + HIDDEN_TEST)).ok is ok
 
 
-async def test_none_passing_the_judge_sees_all_with_measured_failures(upstream, fake_config):
+async def test_none_passing_the_most_checks_passed_wins_without_a_judge(upstream, fake_config):
     minus = "```python\ndef add_one(xs):\n    return [x - 1 for x in xs]\n```"
-    script(upstream, WRONG, minus, PROSE, judge=pick("x - 1"))
+    script(upstream, PROSE, minus, WRONG, judge=pick("return xs"))
     result = await verify(fake_config)
-    (req,) = judge_requests(upstream)
-    shown = judge_text(req)
-    assert labels_shown(shown) == 3
-    assert "passed 1 of 2" in shown and "passed 0 of 2 (no Python code in the answer)" in shown
-    assert "`add_one([1, 2])` should give `[2, 3]`" in shown
-    # Actual outputs are what the candidates' code wrote: they never reach the judge.
-    assert "[0, 1]" not in shown
+    assert judge_requests(upstream) == []  # the judge cannot run code: it is not asked
+    assert result.judge.status == "skipped"
+    assert result.judge.reason == "no_candidate_passed_checks"
     assert result.checks is not None and result.checks.rule == "none_passed"
-    assert result.answer == minus
+    assert [c.passed for c in result.checks.candidates] == [0, 1, 1]
+    assert result.answer == minus  # 1 of 2, like WRONG, and listed first
     assert result.reason and result.reason.startswith("no candidate passed all 2")
 
 
-async def test_judge_failure_falls_back_to_checks_then_agreement(upstream, fake_config):
+async def test_none_passing_ties_go_to_behaviour_agreement_then_member_order(upstream,
+                                                                           fake_config):
     # Nobody passes both; three pass one. Two of those behave identically (agreement 1),
     # so they outrank the first-listed member, who agrees with nobody.
     empty = "```python\ndef add_one(xs):\n    return []\n```"
@@ -170,15 +168,13 @@ async def test_judge_failure_falls_back_to_checks_then_agreement(upstream, fake_
     members = ["fake:alpha", "fake:beta", "fake:gamma", "fake:delta"]
     for model, answer in zip(members, (minus, empty, empty_too, PROSE), strict=True):
         upstream.script(model.split(":")[1], answer)
-    upstream.script("judge", "definitely not json")
     result = await verify(fake_config, members=members)
     rows = by_model(result)
     assert [rows[m].passed for m in members] == [1, 1, 1, 0]
     assert [rows[m].agreement for m in members] == [0, 1, 1, None]
-    assert result.judge.status == "fallback"
+    assert result.judge.status == "skipped"
     assert result.chosen == "fake:beta" and result.answer == empty
-    assert "judge failed, chose by checks passed, then behaviour agreement" in \
-        (result.reason or "")
+    assert "chose by checks passed, then behaviour agreement" in (result.reason or "")
 
 
 async def test_no_checks_found_the_judge_picks_among_all(upstream, fake_config, programs):

@@ -55,10 +55,66 @@ def write(run_dir: RunDir, settings: Mapping[str, Any], task_ids: Sequence[str],
         "latency_note": LATENCY_NOTE,
         "settings": settings,
     }
+    results["paths"] = decision_paths(rows, ref, task_ids, records)
     atomic_write(run_dir.path / "results.json", json.dumps(results, indent=2) + "\n")
-    atomic_write(run_dir.path / "results.md", markdown(rows, ref, len(task_ids)))
+    atomic_write(run_dir.path / "results.md", markdown(rows, ref, len(task_ids))
+                 + paths_markdown(results["paths"]))
     atomic_write(run_dir.path / "chart.png", chart(rows))
     return rows
+
+
+def path_of(record: EvalRecord) -> str:
+    """How a fusion decided: adaptive compute's stop, then what the judge did."""
+    parts = []
+    if record.compute is not None:
+        parts.append(f"stage {record.compute.stages}: {record.compute.stopped}")
+    if record.judge_status is None:
+        parts.append("fusion failed")
+    elif record.judge_status == "skipped":
+        parts.append(f"judge skipped ({record.judge_reason})")
+    else:
+        parts.append(f"judge {record.judge_status}"
+                     + (f" ({record.judge_reason})" if record.judge_reason else ""))
+    return " · ".join(parts)
+
+
+def decision_paths(rows: Sequence[ConfigSummary], ref: ConfigSummary | None,
+                   task_ids: Sequence[str], records: Mapping[tuple[str, str], EvalRecord]
+                   ) -> dict[str, Any]:
+    """Per fused / self config: how many problems took each decision path and how many of
+    those passed; and the problems it won or lost against the reference (the best solo)."""
+    out: dict[str, Any] = {}
+    for s in rows:
+        if s.kind not in ("fused", "self") or not s.n:
+            continue
+        counts: dict[str, list[int]] = {}
+        gained, lost = [], []
+        for task in task_ids:
+            record = records.get((s.name, task))
+            if record is None:
+                continue
+            tally = counts.setdefault(path_of(record), [0, 0])
+            tally[0] += 1
+            tally[1] += record.passed
+            base = records.get((ref.name, task)) if ref else None
+            if base is not None and record.passed != base.passed:
+                (gained if record.passed else lost).append(task)
+        out[s.name] = {"paths": {k: {"problems": n, "passed": p}
+                                 for k, (n, p) in sorted(counts.items(), key=lambda i: -i[1][0])},
+                       "gained": gained, "lost": lost}
+    return out
+
+
+def paths_markdown(paths: Mapping[str, Any]) -> str:
+    lines = []
+    for name, info in paths.items():
+        lines += ["", f"**{name}**: decision paths", "", "| path | problems | passed |",
+                  "|---|---|---|"]
+        lines += [f"| {k} | {v['problems']} | {v['passed']} |" for k, v in info["paths"].items()]
+        lines += ["", f"Against the reference: gained {len(info['gained'])} "
+                  f"({', '.join(info['gained']) or 'none'}), lost {len(info['lost'])} "
+                  f"({', '.join(info['lost']) or 'none'})."]
+    return "\n".join(lines) + ("\n" if lines else "")
 
 
 def _fmt(value: float | None, spec: str, suffix: str = "") -> str:

@@ -19,10 +19,9 @@ The decision rule (docs/verified.md):
      among one candidate of each (best-of's judging, told that they all passed); with no
      inputs beyond the checks, the judge picks among all passers. If the judge fails: the
      passer with the highest agreement (ties: the first-listed member);
-   - none pass: the judge picks among all, told how many checks each passed and which it
-     failed with the expected value (never the actual outputs: the candidate's code wrote
-     those, so they stay out of the judge's instructions); if the judge fails: the most
-     checks passed, then the highest agreement, then the first-listed member;
+   - none pass: the most checks passed wins, then the highest agreement, then the
+     first-listed member; no judge (it cannot run the code, and on the development set it
+     read its way to a right answer on none of these);
    - no checks found, but example calls to run: the largest behaviour group wins as
      above; on a tie the judge picks among one of each tied group (among all when no two
      candidates agree). With nothing at all to run, the judge picks among all; if it
@@ -45,8 +44,7 @@ from ..code.checks import Check, CheckSpec, find_checks
 from ..code.extract import defines, extract_code
 from ..code.harness import CheckRun, run_checks
 from ..code.variations import with_generated
-from ..judge import Labeled, consensus_pick, nothing_to_judge
-from ..text import clip
+from ..judge import consensus_pick, nothing_to_judge
 from ..types import MemberResult
 from .base import Acceptance, ModeContext, ModeOutcome, register
 from .best_of import pick_best
@@ -101,9 +99,17 @@ async def verified(ctx: ModeContext) -> ModeOutcome:
         return ModeOutcome(answer=winner.content or "", chosen=winner.model, reason=reason,
                            checks=report)
     if report.rule == "none_passed":
+        # What the code did decides, not a reading of it: on the development set the small
+        # judge chose right on none of these, at the cost of its longest prompts.
         best = max(c.passed for c in report.candidates)
-        head = f"no candidate passed all {spec.total} visible checks (best {best}/{spec.total})"
-        return await _judge(ctx, list(ctx.candidates), report, spec, head, None)
+        winner = _fallback_order(list(ctx.candidates), report)[0]
+        ctx.judge.skip(nothing_to_judge(ctx.candidates) or "no_candidate_passed_checks")
+        ctx.judge.show([])
+        reason = (f"no candidate passed all {spec.total} visible checks (best {best}/"
+                  f"{spec.total}): chose by checks passed, then behaviour agreement, then "
+                  "member order")
+        return ModeOutcome(answer=winner.content or "", chosen=winner.model, reason=reason,
+                           checks=report)
     if report.rule == "several_passed":
         pool = [by_index[i] for i in report.passing]
         head = f"{len(pool)} candidates passed all {spec.total} visible checks ({found})"
@@ -142,7 +148,7 @@ async def verified(ctx: ModeContext) -> ModeOutcome:
 
 
 async def _judge(ctx: ModeContext, pool: list[MemberResult], report: ChecksReport,
-                 spec: CheckSpec, head: str, evidence: str | None) -> ModeOutcome:
+                 spec: CheckSpec, head: str, evidence: str) -> ModeOutcome:
     ranked = _fallback_order(pool, report)
     skip = nothing_to_judge(pool)
     if skip:
@@ -154,8 +160,6 @@ async def _judge(ctx: ModeContext, pool: list[MemberResult], report: ChecksRepor
                            checks=report)
     labeled = ctx.labeled(pool)
     ctx.judge.show(labeled)  # the pool may be a subset: say which the judge saw
-    if evidence is None:
-        evidence = _failures(labeled, report, spec)
     picked = await pick_best(ctx, labeled, evidence=evidence)
     if picked is None:
         by_text = report.rule == "no_checks" and not spec.inputs
@@ -187,38 +191,6 @@ def _fallback_order(pool: list[MemberResult], report: ChecksReport) -> list[Memb
     stats = {c.member: c for c in report.candidates}
     return sorted(pool, key=lambda m: (-stats[m.index].passed,
                                        -(stats[m.index].agreement or 0), m.index))
-
-
-def _failures(labeled: list[Labeled], report: ChecksReport, spec: CheckSpec) -> str:
-    """What we measured, per label: our text and the request's checks, never a candidate's."""
-    stats = {c.member: c for c in report.candidates}
-    lines = [f"We ran every candidate's code against the {spec.total} checks visible in the "
-             "user's request; no candidate passed all of them. Measured results (ours, not "
-             "claims made by the candidates):"]
-    for item in labeled:
-        c = stats[item.member.index]
-        failed = [r for r in c.results if not r.ok]
-        line = f"- {item.label}: passed {c.passed} of {c.total}"
-        if c.status != "ran":
-            line += f" ({_STATUS_NOTE.get(c.status, c.status)})"
-        if failed and c.status in ("ran", "timeout"):
-            shown = "; ".join(_quote(r.check) + (f" should give {_quote(r.expected)}"
-                                                 if r.expected else "") for r in failed[:3])
-            line += f"; failed: {shown}" + (" …" if len(failed) > 3 else "")
-        lines.append(line)
-    lines.append("Prefer code that passes more checks unless you can see that it is wrong.")
-    return "\n".join(lines)
-
-
-_STATUS_NOTE = {"no_code": "no Python code in the answer", "timeout": "its code timed out",
-                "crashed": "its code crashed the check program",
-                "not_run": "not run: no time left"}
-
-
-def _quote(text: str) -> str:
-    """A check or value for the judge's prompt: one line, in backticks, 80 characters and
-    an ellipsis at most."""
-    return f"`{clip(text, 81, one_line=True)}`"
 
 
 # ---------------------------------------------------------------- running the checks
