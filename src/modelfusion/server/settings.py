@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 
 from ..config import Config, parse_spec
+from ..options import MAX_TOKENS
 
 API_KEYS_ENV = "FUSION_API_KEYS"
 
@@ -30,6 +31,8 @@ class ServerSettings:
                      "max_depth", "retry_after_s"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.max_tokens_cap > MAX_TOKENS:  # the engine would refuse every request
+            raise ValueError(f"max_tokens_cap must be at most {MAX_TOKENS}")
 
 
 def default_allowed_providers(config: Config) -> frozenset[str]:
