@@ -60,6 +60,10 @@ def serve(
         help="A Host name the server answers to besides localhost, 127.0.0.1 and [::1] "
         "(repeatable; '*' = any). Default: only those on loopback without FUSION_API_KEYS "
         "(against DNS rebinding), any otherwise.")] = None,
+    cors_origin: Annotated[list[str] | None, typer.Option(
+        help="A web origin (https://app.example.com) whose pages may call the API: CORS for "
+        "it, and its POSTs are not refused as cross-site (repeatable; '*' = any). Default: "
+        "none, only the server's own page.")] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve the OpenAI-compatible API (/v1/chat/completions) and the web page (/)."""
@@ -82,7 +86,8 @@ def serve(
     hosts = allowed_hosts(allowed_host, loopback=is_loopback(host), keyed=bool(keys))
     try:
         settings = ServerSettings(api_keys=keys, max_concurrent=max_concurrent,
-                                  allowed_providers=allowed, allowed_hosts=hosts)
+                                  allowed_providers=allowed, allowed_hosts=hosts,
+                                  cors_origins=tuple(cors_origin or ()))
     except ValueError as e:
         raise UsageError(str(e)) from None
     store = TraceStore.open(db or default_url(SERVER_FILE), store_prompts=store_prompts)
