@@ -104,7 +104,7 @@ def test_the_option_table_is_the_only_list():
     ({"retries": 11}, "retries", "retries must be between 0 and 10"),
     ({"timeout": float("nan")}, "timeout", "--timeout must be between 0 and 86400 seconds"),
     ({"max_cost": float("inf")}, "max_cost", "--max-cost must be a positive amount of USD"),
-    ({"judge_max_tokens": 0}, "judge_max_tokens", "judge_max_tokens must be at least 1"),
+    ({"judge_max_tokens": 0}, "judge_max_tokens", "judge_max_tokens must be between 1 and 131072"),
     ({"judge_both_orders": 1}, "judge_both_orders", "must be true or false"),
     ({"skills": ("nope",)}, "skills", "unknown skill 'nope'"),
 ])
@@ -128,7 +128,7 @@ def test_the_server_names_the_field_from_the_engines_error(preset_config):
     assert err.message == "quorum must be between 1 and the number of members (2)"
     err = refusal({"judge_max_tokens": 0})
     assert (err.param, err.message) == ("fusion.judge_max_tokens",
-                                        "judge_max_tokens must be at least 1")
+                                        "judge_max_tokens must be between 1 and 131072")
 
 
 def test_modes_declare_whether_the_engine_may_skip_them():

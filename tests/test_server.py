@@ -305,7 +305,8 @@ def test_body_too_large_is_413(serve: Callable[..., Served]):
     def chunked() -> Iterator[bytes]:  # no Content-Length: cut off while streaming in
         yield json.dumps(big).encode()
 
-    resp = httpx.post(f"{served.v1}/chat/completions", content=chunked(), timeout=30)
+    resp = httpx.post(f"{served.v1}/chat/completions", content=chunked(), timeout=30,
+                      headers={"content-type": "application/json"})
     assert resp.status_code == 413
     with pytest.raises(openai.APIStatusError) as info:
         served.client().chat.completions.create(model="fusion", messages=big["messages"])

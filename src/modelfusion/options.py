@@ -18,6 +18,13 @@ from .skills import Skill, resolve_skills
 
 MAX_SECONDS = 24 * 3600.0  # a fusion that runs longer than a day is a mistake
 MAX_MEMBERS = 16  # seats per fusion, and so candidates (max_samples)
+# One answer's token budget, members' and the judge's alike: above what any model writes in
+# one answer, so only a mistake is refused (a server caps both lower, `max_tokens_cap`).
+MAX_TOKENS = 131_072
+# Seeds are 32-bit: what a fresh seed is drawn from and what llama.cpp takes (unsigned;
+# -1 there means "random"); OpenAI-compatible servers take them too. Copies and eval
+# problems add their number to it.
+MAX_SEED = 2**32 - 1
 # `effort` in samples: the one place that says what each level spends (docs/adaptive.md).
 # "off" (every seat at once, as without it) lets a caller override a preset's budget.
 EFFORT_SAMPLES: dict[str, int] = {"low": 2, "medium": 4, "high": 8}
@@ -56,13 +63,13 @@ class Rule:
             return self.says
         if self.choices is not None:
             return "one of " + ", ".join(self.choices)
-        lo, hi = self.minimum, self.maximum
+        lo, hi = _number(self.minimum), _number(self.maximum)
         if self.up_to_members:
-            return f"between {lo:g} and the number of members ({n_members})"
+            return f"between {lo} and the number of members ({n_members})"
         if lo is not None and hi is not None:
-            return f"between {lo:g} and {hi:g}{self.unit}"
+            return f"between {lo} and {hi}{self.unit}"
         if lo is not None:
-            return f"at least {lo:g}{self.unit}"
+            return f"at least {lo}{self.unit}"
         return _KINDS.get(self.types, "of type " + "/".join(t.__name__ for t in self.types))
 
     def accepts(self, value: Any, n_members: int) -> bool:
@@ -82,11 +89,19 @@ class Rule:
         return hi is None or value <= hi
 
 
+def _number(x: float | None) -> str | None:
+    """A bound as a person reads it: 4294967295, not 4.29497e+09."""
+    if x is None:
+        return None
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
 def _option(default: T, types: tuple[type, ...], **rule: Any) -> T:
     """A FusionOptions field with its rule attached."""
     return field(default=default, metadata={"rule": Rule(types=types, **rule)})
 
 
+_TOKENS = {"minimum": 1, "maximum": MAX_TOKENS}
 _SECONDS = {"minimum": 0, "maximum": MAX_SECONDS, "above_minimum": True, "flag": True,
             "unit": " seconds"}
 
@@ -101,15 +116,16 @@ class FusionOptions:
     temperature: float | None = _option(None, NUMBER, minimum=0, maximum=2)
     judge_temperature: float = _option(0.0, NUMBER, minimum=0, maximum=2)
     # Room for a merge answer plus its analysis.
-    judge_max_tokens: int = _option(2048, INT, minimum=1)
-    max_tokens: int | None = _option(None, INT, minimum=1, flag=True)
+    judge_max_tokens: int = _option(2048, INT, **_TOKENS)
+    max_tokens: int | None = _option(None, INT, **_TOKENS, flag=True)
     timeout: float = _option(120.0, NUMBER, **_SECONDS)  # per member
     deadline: float = _option(300.0, NUMBER, **_SECONDS)  # whole fusion
     retries: int = _option(2, INT, minimum=0, maximum=10)
     # First backoff in seconds; doubles per attempt.
     retry_backoff: float = _option(0.5, NUMBER, minimum=0, maximum=60, unit=" seconds")
     system: str | None = _option(None, STR)
-    seed: int | None = _option(None, INT)  # shuffle seed (and sampling seed where supported)
+    # Shuffle seed (and sampling seed where supported).
+    seed: int | None = _option(None, INT, minimum=0, maximum=MAX_SEED)
     fallback_judge: str | None = _option(None, STR)
     max_cost: float | None = _option(None, NUMBER, minimum=0, above_minimum=True, flag=True,
                                      says="a positive amount of USD")  # the whole fusion
@@ -147,10 +163,7 @@ class FusionOptions:
             value = getattr(self, f.name)
             if value is None and f.default is None:
                 continue  # unset
-            rule: Rule = f.metadata["rule"]
-            if not rule.accepts(value, n_members):
-                raise UsageError(f"{rule.label(f.name)} must be {rule.wants(n_members)}",
-                                 option=f.name)
+            check_option(f.name, value, n_members)
         if self.max_samples is not None and self.effort is not None:
             raise UsageError("set --max-samples or --effort, not both", option="effort")
         try:
@@ -161,6 +174,13 @@ class FusionOptions:
 
 
 RULES: dict[str, Rule] = {f.name: f.metadata["rule"] for f in fields(FusionOptions)}
+
+
+def check_option(name: str, value: Any, n_members: int) -> None:
+    """One option against its rule; the error names the option (`UsageError.option`)."""
+    rule = RULES[name]
+    if not rule.accepts(value, n_members):
+        raise UsageError(f"{rule.label(name)} must be {rule.wants(n_members)}", option=name)
 OPTION_FIELDS = frozenset(RULES)
 PRESET_OPTIONS = frozenset(name for name, rule in RULES.items() if rule.preset)
 REQUEST_OPTIONS = frozenset(name for name, rule in RULES.items() if rule.request)

@@ -19,7 +19,7 @@ from .config import Config, ModelSpec, Preset, parse_spec
 from .errors import UsageError
 from .modes import MODES
 from .options import MAX_MEMBERS as MAX_MEMBERS  # re-exported: the limit lives with the options
-from .options import OPTION_FIELDS, FusionOptions
+from .options import OPTION_FIELDS, FusionOptions, check_option
 from .skills import member_text, resolve_skills, rubric_text
 from .types import GenerationParams
 
@@ -60,6 +60,7 @@ class Plan:
         the shuffle, which reads `options.seed`) the seed itself. None: unchanged."""
         if seed is None:
             return self
+        check_option("seed", seed, len(self.seats))  # as if it had been the option
 
         def reseed(seat: Seat) -> Seat:
             return replace(seat, params=replace(seat.params, seed=seed + seat.copy))

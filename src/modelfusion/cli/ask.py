@@ -12,13 +12,15 @@ from rich.console import Console
 from rich.markdown import Markdown
 from rich.panel import Panel as RichPanel
 from rich.table import Table
+from rich.text import Text
 
 from ..config import load_config
 from ..errors import AllMembersFailed, BudgetExceeded, UsageError
 from ..fusion import Fusion
 from ..modes import MODES
+from ..text import printable
 from ..types import FusionResult, Message
-from .common import EFFORT_HELP, cli_skills, cost_text, err, handle_errors
+from .common import EFFORT_HELP, cli_skills, cost_text, err, handle_errors, safe
 from .local import prepare as prepare_local_models
 from .progress import LiveProgress
 
@@ -144,31 +146,29 @@ def _print_result(result: FusionResult, *, as_json: bool, show: bool,
     if show:
         for m in result.members:
             body = m.content if m.ok else f"[{m.status}: {m.reason}] {m.error or ''}"
-            out.print(RichPanel(body or "", title=m.model, title_align="left"))
-    if out.is_terminal:
-        out.print(Markdown(result.answer))
+            out.print(RichPanel(safe(body or ""), title=safe(m.model), title_align="left"))
+    if out.is_terminal:  # links shown with their address: the answer is a model's text
+        out.print(Markdown(printable(result.answer), hyperlinks=False))
     else:
-        print(result.answer)
+        print(result.answer)  # piped: the answer exactly as it came
     for m in result.members:
         if not m.ok:
-            err.print(f"[yellow]{m.model} {m.status}: {m.reason}[/yellow] [dim]{m.error}[/dim]",
-                      highlight=False)
+            err.print(Text.assemble(safe(f"{m.model} {m.status}: {m.reason}", "yellow"), " ",
+                                    safe(m.error or "", "dim")))
     if result.checks is not None:  # verified mode: which checks each candidate passed
         for line in result.checks.lines():
-            err.print(line, markup=False, highlight=False)  # model output: never markup
+            err.print(safe(line))
     ok = sum(m.ok for m in result.members)
     cost = cost_text(result.cost)
     judge = result.judge
     judge_note = judge.status + (f" ({judge.reason})" if judge.reason else "")
     spent = f"{result.compute.line()} · " if result.compute else ""
-    err.print(
-        f"[dim]{result.mode} · {spent}{ok}/{len(result.members)} members ok · "
+    err.print(safe(
+        f"{result.mode} · {spent}{ok}/{len(result.members)} members ok · "
         f"judge {judge_note} · "
         f"{result.usage.total_tokens} tokens · {cost} · "
         f"{result.timings.total_ms / 1000:.1f}s"
-        + (f" · trace {trace_id[:8]}" if trace_id else "") + "[/dim]",
-        highlight=False,
-    )
+        + (f" · trace {trace_id[:8]}" if trace_id else ""), "dim"))
 
 
 @handle_errors
@@ -183,7 +183,7 @@ def models(
         providers.add_column(col)
     for p in cfg.providers.values():
         where = "(in-process)" if p.kind == "local" else p.base_url or "(SDK default)"
-        providers.add_row(p.name, p.kind, where, p.key_status())
+        providers.add_row(*map(safe, (p.name, p.kind, where, p.key_status())))
     out.print(providers)
     presets = Table(title="presets", title_justify="left")
     for col in ("name", "models", "judge", "mode"):
@@ -191,11 +191,11 @@ def models(
     default = cfg.default()
     for preset in {**cfg.presets, default.name: default}.values():
         name = preset.name + (" (default)" if preset.name == default.name else "")
-        presets.add_row(name, ", ".join(preset.models), preset.judge or "(first member)",
-                        preset.mode)
+        presets.add_row(*map(safe, (name, ", ".join(preset.models),
+                                    preset.judge or "(first member)", preset.mode)))
     out.print(presets)
     if cfg.source:
-        out.print(f"[dim]config: {cfg.source}[/dim]")
+        out.print(safe(f"config: {cfg.source}", "dim"))
     from .local import models_table
 
     out.print(models_table())

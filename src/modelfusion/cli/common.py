@@ -1,4 +1,5 @@
-"""What every `fusion` command shares: the error console, the exit-code mapping, --skill."""
+"""What every `fusion` command shares: the error console, the exit-code mapping, --skill,
+and `safe`, the one way text from outside reaches the terminal."""
 
 from __future__ import annotations
 
@@ -8,17 +9,27 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 
 from ..errors import FusionError, UsageError
 from ..options import EFFORT_SAMPLES
 from ..skills import Skill, repo_instructions
+from ..text import printable
 
 err = Console(stderr=True)
 # --effort's levels for `fusion ask` and `fusion eval`, from the one table that says them.
 EFFORT_HELP = ", ".join(f"{level} ({n} samples at most)" for level, n in EFFORT_SAMPLES.items()
                         ) + ", or off (every member at once: the default)"
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def safe(text: object, style: str = "") -> Text:
+    """Text the CLI did not write itself (a prompt, a model's name or answer, an upstream
+    error, a judge's analysis, a file name), ready for rich: a `Text`, so never read as
+    markup (`[/red]` cannot crash a command, `[link=…]` plants no link), and without control
+    characters (ESC sequences). Wherever such text is printed, a table cell, a panel or a
+    line, it goes through here; a rich str would be parsed as markup."""
+    return Text(printable(str(text)), style=style)
 
 
 def handle_errors(fn: F) -> F:
@@ -29,11 +40,11 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except UsageError as e:
-            # escape: messages carry text like 'modelfusion[local]' that is not markup
-            err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
+            # safe: messages quote what was given ('modelfusion[local]', a model's name)
+            err.print(Text.assemble(("error:", "red"), " ", safe(e)))
             raise typer.Exit(2) from None
-        except FusionError as e:
-            err.print(f"[red]fusion failed ({e.code}):[/red] {escape(str(e))}", highlight=False)
+        except FusionError as e:  # its message quotes upstream errors
+            err.print(Text.assemble((f"fusion failed ({e.code}):", "red"), " ", safe(e)))
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err.print("interrupted")

@@ -19,7 +19,7 @@ from ..evals.grade import MEMORY_MB, TIMEOUT_S
 from ..evals.runner import Runner
 from ..evals.store import RunDir
 from ..plan import ADAPTIVE_OPTIONS, select
-from .common import EFFORT_HELP, handle_errors
+from .common import EFFORT_HELP, handle_errors, safe
 from .eval_progress import EvalProgress
 
 # Embedded models are slow on small CPUs: an eval waits for them rather than scoring a
@@ -120,7 +120,7 @@ def register(app: typer.Typer) -> None:
                                 options.get("temperature"))
         note = self_fusion_note(panel, self_fusion)
         if note:
-            err.print(f"note: {note}", markup=False, highlight=False)
+            err.print(safe(f"note: {note}"))
 
         run_dir = RunDir(out or Path("fusion-eval") / name.lower())
         runner = Runner(configs=configs, problems=problems, run_dir=run_dir, config=cfg,
@@ -150,9 +150,8 @@ def register(app: typer.Typer) -> None:
         for fusion in fusions.values():
             prepare_local_models(fusion, err)
         todo = runner.pending()
-        err.print(f"{len(problems)} problems × {len(configs)} configs → {run_dir.path} "
-                  f"({todo} to run, {len(problems) * len(configs) - todo} already done)",
-                  highlight=False)
+        err.print(safe(f"{len(problems)} problems × {len(configs)} configs → {run_dir.path} "
+                       f"({todo} to run, {len(problems) * len(configs) - todo} already done)"))
 
         def write_results() -> list[Any]:
             return report.write(run_dir, settings, task_ids, runner.records)
@@ -166,8 +165,8 @@ def register(app: typer.Typer) -> None:
         finally:  # also on Ctrl-C: the summary matches the records kept so far
             rows = write_results()
         _print_table(rows, (run_dir.path / "results.md").read_text(encoding="utf-8"))
-        err.print(f"[dim]{report.LATENCY_NOTE}\nresults: {run_dir.path}/results.md, "
-                  "results.json, chart.png[/dim]", highlight=False)
+        err.print(safe(f"{report.LATENCY_NOTE}\nresults: {run_dir.path}/results.md, "
+                       "results.json, chart.png", "dim"))
 
 
 def _print_table(rows: list[Any], markdown: str) -> None:
@@ -179,6 +178,6 @@ def _print_table(rows: list[Any], markdown: str) -> None:
     for header in report.HEADERS:
         table.add_column(header, justify="left" if header == "config" else "right")
     for cells in report.table_rows(rows):
-        table.add_row(*cells)
+        table.add_row(*map(safe, cells))  # config names carry model names
     out.print(table)
 

@@ -13,6 +13,8 @@ from rich.table import Table
 from ..evals.configs import EvalConfig
 from ..evals.dataset import Problem
 from ..evals.record import EvalRecord
+from ..text import printable
+from .common import safe
 
 
 class _Bar(Progress):
@@ -32,9 +34,10 @@ class EvalProgress:
         self.records = records  # the runner's live dict
         self.total = len(configs) * len(task_ids)
         self.live = console.is_terminal
-        self._bar = _Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                         TimeElapsedColumn(), console=console, transient=False,
-                         disable=not self.live)
+        # markup=False: the description names a config (its models), not rich markup
+        self._bar = _Bar(TextColumn("{task.description}", markup=False), BarColumn(),
+                         MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+                         transient=False, disable=not self.live)
         self._task = self._bar.add_task("eval", total=self.total, completed=self._done())
 
     def __enter__(self) -> EvalProgress:
@@ -57,11 +60,11 @@ class EvalProgress:
         for cfg in self.configs:
             passed, n = self._score(cfg.name)
             pct = f"{100 * passed / n:5.1f} %" if n else "    —  "
-            table.add_row(cfg.name, f"pass@1 {pct}", f"[dim]{passed}/{n}[/dim]")
+            table.add_row(safe(cfg.name), f"pass@1 {pct}", f"[dim]{passed}/{n}[/dim]")
         return table
 
     def start(self, cfg: EvalConfig, problem: Problem) -> None:
-        self._bar.update(self._task, description=f"{problem.task_id} · {cfg.name}")
+        self._bar.update(self._task, description=printable(f"{problem.task_id} · {cfg.name}"))
 
     def record(self, record: EvalRecord) -> None:
         self._bar.scores = self._scores()
@@ -69,7 +72,7 @@ class EvalProgress:
         if not self.live:
             passed, n = self._score(record.config)
             status = "passed" if record.passed else f"failed ({record.error})"
-            self.console.print(
+            self.console.print(safe(
                 f"[{self._done()}/{self.total}] {record.task_id} · {record.config}: "
                 f"{status}, {record.latency_ms / 1000:.1f} s · pass@1 so far "
-                f"{passed}/{n}", highlight=False, soft_wrap=True)
+                f"{passed}/{n}"), soft_wrap=True)

@@ -7,16 +7,25 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from ..fusion import Fusion
 from ..providers.local import catalog
-from .common import handle_errors
+from .common import handle_errors, safe
 
 
 def _bar(console: Console) -> Progress:
-    return Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+    # markup=False: the description carries a model name as it was typed
+    return Progress(TextColumn("{task.description}", style="progress.description",
+                               markup=False), BarColumn(), DownloadColumn(),
                     TimeRemainingColumn(), console=console, transient=True)
 
 
@@ -51,8 +60,9 @@ def models_table() -> Table:
         table.add_column(col)
     for row in catalog.status():
         installed = "yes" if row["installed"] else f"no ({len(row['missing'])} packages missing)"
-        table.add_row(f"local:{row['name']}", installed, "yes" if row["assembled"] else "no",
-                      f"{row['size'] / 1e6:,.0f} MB", row["path"])
+        table.add_row(safe(f"local:{row['name']}"), installed,
+                      "yes" if row["assembled"] else "no", f"{row['size'] / 1e6:,.0f} MB",
+                      safe(row["path"]))  # a path may hold brackets
     return table
 
 
@@ -71,4 +81,4 @@ def register(app: typer.Typer) -> None:
             task = bar.add_task(f"verifying {name}", total=None)
             path = catalog.pull(
                 name, progress=lambda done, total: bar.update(task, completed=done, total=total))
-        console.print(f"local:{name} ready: {path}")
+        console.print(safe(f"local:{name} ready: {path}"))

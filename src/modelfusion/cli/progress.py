@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..types import FusionEvent
+from .common import safe
 
 STATUS_STYLE = {"waiting": "dim", "running": "cyan", "ok": "green", "failed": "red",
                 "cancelled": "yellow", "judging": "magenta", "done": "green"}
@@ -80,10 +81,10 @@ class LiveProgress:
         for row in rows:
             elapsed = row.elapsed if row.elapsed is not None else now - row.started
             table.add_row(
-                ("judge: " if row is self.judge else "") + row.name,
+                safe(("judge: " if row is self.judge else "") + row.name),  # model names
                 Text(row.status, style=STATUS_STYLE.get(row.status, "")),
                 str(row.tokens or ""),
                 f"{elapsed:.1f}s",
-                Text(row.note[:60], style="dim"),
+                safe(row.note[:60], "dim"),  # an upstream error
             )
         return table

@@ -20,7 +20,7 @@ from ..review.diff import DEFAULT_CHUNK_CHARS, parse_diff, split
 from ..review.findings import MEMBER_SCHEMA, SEVERITIES, Finding, at_or_above, sort_findings
 from ..review.runner import REVIEW_SYSTEM, PartReview, read_diff, review_chunks
 from ..types import FusionEvent
-from .common import cli_skills, err, handle_errors
+from .common import cli_skills, err, handle_errors, safe
 
 REVIEW_DEADLINE = 600.0  # seconds per part: three local members and a judge on a busy CPU
 
@@ -94,27 +94,27 @@ def register(app: typer.Typer) -> None:
 
         prepare(fusion, err)
         files = len({c.path for c in chunks})
-        err.print(f"Reviewing {files} file(s) in {len(chunks)} part(s) with "
-                  f"{_panel(fusion)}…", highlight=False)
+        err.print(safe(f"Reviewing {files} file(s) in {len(chunks)} part(s) with "
+                       f"{_panel(fusion)}…"))
 
         def progress(i: int, part: PartReview) -> None:
             name = part.chunk.path + (f" ({part.chunk.part}/{part.chunk.parts})"
                                       if part.chunk.parts > 1 else "")
             state = (f"failed: {part.error}" if part.error
                      else f"{len(part.findings)} finding(s)")
-            err.print(f"  [{i + 1}/{len(chunks)}] {name}: {state} ({part.seconds:.1f} s)",
-                      highlight=False)
+            # the file name is the diff's, the error an upstream's
+            err.print(safe(f"  [{i + 1}/{len(chunks)}] {name}: {state} ({part.seconds:.1f} s)"))
 
         def activity(i: int, event: FusionEvent) -> None:
             # Parts take minutes on a CPU: say what is happening inside each.
             if event.type in ("member_done", "member_failed") and event.member_result:
                 m = event.member_result
                 state = "reviewed" if m.ok else f"failed ({m.reason})"
-                err.print(f"  [dim][{i + 1}/{len(chunks)}] {m.model} {state} in "
-                          f"{m.latency_ms / 1000:.1f} s[/dim]", highlight=False)
+                err.print(safe(f"  [{i + 1}/{len(chunks)}] {m.model} {state} in "
+                               f"{m.latency_ms / 1000:.1f} s", "dim"))
             elif event.type == "judge_started":
-                err.print(f"  [dim][{i + 1}/{len(chunks)}] judge {event.model} merging "
-                          "findings[/dim]", highlight=False)
+                err.print(safe(f"  [{i + 1}/{len(chunks)}] judge {event.model} merging "
+                               "findings", "dim"))
 
         parts = asyncio.run(review_chunks(fusion, chunks, progress, activity))
         findings = sort_findings([f for p in parts for f in p.findings

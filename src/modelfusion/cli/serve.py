@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Annotated
 
 import typer
 
 from ..config import Config, load_config
 from ..errors import ConfigError, UsageError
+from ..server.settings import is_loopback
 from .common import handle_errors
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a hostname: it may resolve to anything
 
 
 def allowed_providers(cfg: Config, given: list[str] | None, *, loopback: bool
@@ -37,11 +28,21 @@ def allowed_providers(cfg: Config, given: list[str] | None, *, loopback: bool
     return None if loopback else default_allowed_providers(cfg)
 
 
+def allowed_hosts(given: list[str] | None, *, loopback: bool, keyed: bool
+                  ) -> frozenset[str] | None:
+    """--allowed-host, else the Host check only where a web page could use the server as
+    its user (loopback, no keys); None = any Host. Loopback names are always served."""
+    if given:
+        return None if "*" in given else frozenset(given)
+    return frozenset() if loopback and not keyed else None
+
+
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-    db: Annotated[str | None, typer.Option(help="Trace store URL (default: the user data "
-                                           "dir's SQLite file).")] = None,
+    db: Annotated[str | None, typer.Option(help="Trace store URL (default: "
+                                           "$FUSION_TRACES_URL, else server-traces.db in the "
+                                           "user data dir, apart from the CLI's).")] = None,
     config: Annotated[str | None, typer.Option(help="Config file (else $FUSION_CONFIG, "
                                                "./fusion.toml, user config dir).")] = None,
     store_prompts: Annotated[bool, typer.Option(
@@ -55,6 +56,14 @@ def serve(
         help="A provider requests may name (repeatable; '*' = every configured one). "
         "Default: every one on loopback; elsewhere the providers fusion.toml declares or its "
         "presets use.")] = None,
+    allowed_host: Annotated[list[str] | None, typer.Option(
+        help="A Host name the server answers to besides localhost, 127.0.0.1 and [::1] "
+        "(repeatable; '*' = any). Default: only those on loopback without FUSION_API_KEYS "
+        "(against DNS rebinding), any otherwise.")] = None,
+    cors_origin: Annotated[list[str] | None, typer.Option(
+        help="A web origin (https://app.example.com) whose pages may call the API: CORS for "
+        "it, and its POSTs are not refused as cross-site (repeatable; '*' = any). Default: "
+        "none, only the server's own page.")] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve the OpenAI-compatible API (/v1/chat/completions) and the web page (/)."""
@@ -62,6 +71,7 @@ def serve(
 
     from ..server.app import create_app
     from ..server.settings import API_KEYS_ENV, ServerSettings, keys_from_env
+    from ..traces.schema import SERVER_FILE, default_url
     from ..traces.store import TraceStore
 
     keys = keys_from_env()
@@ -73,18 +83,20 @@ def serve(
         )
     cfg = load_config(config)
     allowed = allowed_providers(cfg, allow_provider, loopback=is_loopback(host))
+    hosts = allowed_hosts(allowed_host, loopback=is_loopback(host), keyed=bool(keys))
     try:
         settings = ServerSettings(api_keys=keys, max_concurrent=max_concurrent,
-                                  allowed_providers=allowed)
+                                  allowed_providers=allowed, allowed_hosts=hosts,
+                                  cors_origins=tuple(cors_origin or ()))
     except ValueError as e:
         raise UsageError(str(e)) from None
-    store = TraceStore.open(db, store_prompts=store_prompts)
+    store = TraceStore.open(db or default_url(SERVER_FILE), store_prompts=store_prompts)
     try:
         app = create_app(cfg, store, settings)
         named = "any configured" if allowed is None else ", ".join(sorted(allowed)) or "none"
         typer.echo(f"modelfusion serving on http://{host}:{port}/ "
-                   f"(auth {'on' if keys else 'off'}; providers requests may name: {named})",
-                   err=True)
+                   f"(auth {'on' if keys else 'off'}; providers requests may name: {named}; "
+                   f"traces: {store.url})", err=True)
         uvicorn.run(app, host=host, port=port, log_level=log_level,
                     timeout_graceful_shutdown=10)
     finally:

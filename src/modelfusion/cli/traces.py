@@ -16,9 +16,9 @@ from rich.text import Text
 
 from ..accounts import ANALYSIS_SECTIONS, Votes
 from ..errors import UsageError
-from ..text import clip
+from ..text import clip, printable
 from ..types import JudgeResult, MemberResult
-from .common import cost_text, handle_errors
+from .common import cost_text, handle_errors, safe
 
 if TYPE_CHECKING:  # traces pulls in SQLAlchemy: import it only when a command runs
     from ..traces.records import TraceRecord, TraceSummary
@@ -55,8 +55,8 @@ def log_command(
         return
     out = Console()
     if not rows:
-        out.print(f"No fusions recorded yet in {url}. Every `fusion ask` is kept there; "
-                  'try: fusion ask "your question"', highlight=False)
+        out.print(safe(f"No fusions recorded yet in {url}. Every `fusion ask` is kept there; "
+                       'try: fusion ask "your question"'))
         return
     out.print(_log_table(rows))
 
@@ -91,16 +91,17 @@ def _log_table(rows: list[TraceSummary]) -> Table:
                           ("mode", "left"), ("members", "left"), ("cost", "right"),
                           ("latency", "right"), ("prompt", "left")):
         table.add_column(name, justify=justify, no_wrap=name != "prompt")  # type: ignore[arg-type]
-    for r in rows:
+    for r in rows:  # ids, presets and prompts are the callers' text: safe
         table.add_row(
             r.created_at.astimezone().strftime("%Y-%m-%d %H:%M:%S"),
-            r.short_id,
-            r.preset or DASH,
-            r.mode or DASH,
+            safe(r.short_id),
+            safe(r.preset or DASH),
+            safe(r.mode or DASH),
             _members_cell(r),
             _cost(r.cost),
             _seconds(r.total_ms),
-            clip(r.prompt_preview, PROMPT_WIDTH) if r.prompt_preview is not None else DASH,
+            safe(clip(r.prompt_preview, PROMPT_WIDTH)) if r.prompt_preview is not None
+            else DASH,
         )
     return table
 
@@ -122,7 +123,7 @@ def _show(record: TraceRecord) -> Group:
     if record.messages is not None:
         prompt = "\n\n".join(f"[{m.role}] {m.content}" if len(record.messages) > 1
                              else m.content for m in record.messages)
-        parts.append(Panel(Text(prompt), title="prompt", title_align="left"))
+        parts.append(Panel(safe(prompt), title="prompt", title_align="left"))
     else:
         parts.append(Text("prompt not stored (--no-store-prompts)",
                           style="dim"))
@@ -139,15 +140,16 @@ def _show(record: TraceRecord) -> Group:
     if record.votes:
         parts.append(_votes_table(record.votes))
     if record.checks:
-        parts.append(Text("\n".join(record.checks.lines())))
+        parts.append(safe("\n".join(record.checks.lines())))
     if record.compute:
-        parts.append(Text(f"compute: {record.compute.line()}"))
+        parts.append(safe(f"compute: {record.compute.line()}"))
     if s.status == "failed":
-        parts.append(Text(f"fusion failed ({s.error_code}): {record.error_message}",
-                          style="red"))
+        parts.append(safe(f"fusion failed ({s.error_code}): {record.error_message}", "red"))
     else:
         title = "answer" + (f" (chosen: {record.chosen})" if record.chosen else "")
-        parts.append(Panel(Markdown(record.answer or ""), title=title, title_align="left"))
+        # links shown with their address: the answer is a model's text
+        parts.append(Panel(Markdown(printable(record.answer or ""), hyperlinks=False),
+                           title=safe(title), title_align="left"))
     return Group(*parts)
 
 
@@ -156,9 +158,9 @@ def _header(record: TraceRecord) -> Text:
     when = s.created_at.astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
     status = s.status + (" (degraded)" if s.degraded and s.status == "ok" else "")
     line = Text()
-    line.append(f"trace {s.id}", style="bold")
-    line.append(f"\n{when} · {s.source} · preset {s.preset or DASH} · mode {s.mode or DASH}"
-                f" · {status}\n")
+    line.append(printable(f"trace {s.id}"), style="bold")
+    line.append(printable(f"\n{when} · {s.source} · preset {s.preset or DASH} · mode "
+                          f"{s.mode or DASH} · {status}\n"))
     line.append(f"{record.usage.total_tokens} tokens ({record.usage.prompt_tokens} prompt, "
                 f"{record.usage.completion_tokens} completion) · cost {_cost(s.cost)} · "
                 f"{_seconds(s.total_ms)}", style="dim")
@@ -171,7 +173,7 @@ def _members_table(members: list[MemberResult], title: str) -> Table:
                   expand=True)
     table.add_column("", style="dim", no_wrap=True)
     for m in members:
-        table.add_column(m.model, overflow="fold", ratio=1)
+        table.add_column(safe(m.model), overflow="fold", ratio=1)
     table.add_row("status", *(_status(m) for m in members))
     table.add_row("latency", *(_seconds(m.latency_ms) for m in members))
     table.add_row("tokens", *(f"{m.usage.prompt_tokens} in, {m.usage.completion_tokens} out"
@@ -189,13 +191,13 @@ def _status(m: MemberResult) -> Text:
 
 def _answer(m: MemberResult) -> Text:
     if m.content is not None and m.ok:
-        return Text(m.content)
-    return Text(m.error or m.content or DASH, style="dim")
+        return safe(m.content)
+    return safe(m.error or m.content or DASH, "dim")
 
 
 def _judge_line(judge: JudgeResult, members: list[MemberResult]) -> Text:
     line = Text("judge ", style="bold")
-    line.append(f"{judge.model or DASH} · {judge.status}")
+    line.append(printable(f"{judge.model or DASH} · {judge.status}"))
     if judge.reason:
         line.append(f" ({judge.reason})")
     line.append(f" · {_seconds(judge.latency_ms)} · {judge.usage.total_tokens} tokens · "
@@ -203,9 +205,9 @@ def _judge_line(judge: JudgeResult, members: list[MemberResult]) -> Text:
     if judge.labels:
         names = {m.index: m.model for m in members}
         shown = ", ".join(f"{label}={names.get(i, i)}" for label, i in judge.labels.items())
-        line.append(f"\nlabels: {shown}", style="dim")
+        line.append(printable(f"\nlabels: {shown}"), style="dim")
     if judge.error:
-        line.append(f"\n{judge.error}", style="dim red")
+        line.append(printable(f"\n{judge.error}"), style="dim red")
     return line
 
 
@@ -220,7 +222,7 @@ def _analysis_table(analysis: dict[str, Any]) -> Table:
         value = analysis[key]
         items = value if isinstance(value, list) else [value]
         text = "\n".join(f"• {item}" for item in items) if items else DASH
-        table.add_row(key.replace("_", " "), text)
+        table.add_row(safe(key.replace("_", " ")), safe(text))  # the judge's words
     return table
 
 
@@ -228,14 +230,14 @@ def _votes_table(votes: Votes) -> Table:
     caption = votes.summary
     if votes.tie:
         caption += " (tie broken by the judge)"
-    table = Table(title="votes", title_justify="left", caption=caption, caption_justify="left",
-                  box=box.SIMPLE_HEAD)
+    table = Table(title="votes", title_justify="left", caption=safe(caption),
+                  caption_justify="left", box=box.SIMPLE_HEAD)
     for name, justify in (("answer", "left"), ("votes", "right"), ("share", "right"),
                           ("members", "left")):
         table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for row in votes.split:
-        table.add_row(row.label, str(row.count), f"{100 * row.share:.0f} %",
-                      ", ".join(row.members))
+        table.add_row(safe(row.label), str(row.count), f"{100 * row.share:.0f} %",
+                      safe(", ".join(row.members)))  # the answers' labels, model names
     return table
 
 

@@ -7,8 +7,10 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from .. import __version__
+from ..text import printable
 from .findings import Finding
 from .sarif import to_sarif
 
@@ -33,8 +35,13 @@ def table(findings: list[Finding], console: Console) -> None:
     for col in ("severity", "where", "category", "agreed", "finding"):
         t.add_column(col, overflow="fold")
     for f in findings:
-        body = f.message + (f"\n[dim]→ {f.suggestion}[/dim]" if f.suggestion else "")
-        t.add_row(f.severity, where(f), f.category, agreement(f), body)
+        # Every cell is the models' text: a Text (never markup), printable (no ESC). The
+        # same rule as cli/common.safe, which review/ may not import.
+        body = Text(printable(f.message))
+        if f.suggestion:
+            body.append(printable(f"\n→ {f.suggestion}"), style="dim")
+        t.add_row(*(Text(printable(c)) for c in (f.severity, where(f), f.category,
+                                                  agreement(f))), body)
     console.print(t)
 
 

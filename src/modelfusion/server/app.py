@@ -28,6 +28,7 @@ from ..fusion import DEPTH_HEADER, ProviderPool
 from ..traces.schema import AmbiguousTraceId
 from .auth import check_bearer
 from .errors import ApiError, internal_error
+from .guards import add_browser_guards, require_json
 from .limits import FusionGate, read_body
 from .openapi import request_body
 from .resolve import parse_depth, prepare
@@ -107,6 +108,7 @@ def create_app(config: Config, store: TraceSink | None = None,
     app = FastAPI(title="modelfusion", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.gate = gate
     app.state.pool = pool
+    add_browser_guards(app, settings)
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, e: ApiError) -> JSONResponse:
@@ -142,6 +144,7 @@ def create_app(config: Config, store: TraceSink | None = None,
     @app.post("/v1/chat/completions", openapi_extra=request_body(settings))
     async def chat_completions(request: Request) -> Response:
         check_bearer(request, settings.api_keys)
+        require_json(request)
         raw = await read_body(request, settings.max_body_bytes)
         req = parse_chat_request(raw)
         depth = parse_depth(request.headers.get(DEPTH_HEADER), settings)

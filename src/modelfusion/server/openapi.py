@@ -53,7 +53,7 @@ def chat_request_schema(settings: ServerSettings) -> dict[str, Any]:
             options[name] = SKILLS
         else:
             options[name] = {"type": _JSON_TYPES[types], **_RANGES.get(name, {})}
-    options["max_tokens"] = tokens
+    options["max_tokens"] = options["judge_max_tokens"] = tokens
     options["fallback_judge"] = SPEC
     models = {"description": f"the panel: at most {settings.max_members} seats "
                              "(model*N counts N); a comma-separated string is accepted too",
@@ -84,7 +84,7 @@ def chat_request_schema(settings: ServerSettings) -> dict[str, Any]:
                                "properties": {"include_usage": {"type": "boolean"}}},
             "temperature": options["temperature"],
             "max_tokens": tokens, "max_completion_tokens": tokens,
-            "seed": {"type": "integer"},
+            "seed": options["seed"],
             "n": {"type": "integer", "const": 1},
             "response_format": {"type": "object", "required": ["type"],
                                 "properties": {"type": {"type": "string", "const": "text"}}},

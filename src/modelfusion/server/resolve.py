@@ -162,10 +162,14 @@ def _cap_samples(req: ChatRequest, options: dict[str, Any], settings: ServerSett
 
 def _cap_max_tokens(req: ChatRequest, options: dict[str, Any], preset: Preset | None,
                     settings: ServerSettings) -> None:
+    """Members' answers and the judge's verdicts alike: at most the cap. Where nothing sets
+    one, the cap bounds the cost of a request (the judge keeps its default if lower)."""
     cap = settings.max_tokens_cap
-    asked = options.get("max_tokens")
-    if asked is not None and asked > cap:
-        raise bad_request(f"max_tokens is {asked}: at most {cap} on this server",
-                          req.params.get("max_tokens", "max_tokens"), "max_tokens_too_large")
-    if asked is None and (preset is None or preset.options.get("max_tokens") is None):
-        options["max_tokens"] = cap  # nothing set anywhere: bound the cost of one request
+    unset = {"max_tokens": cap, "judge_max_tokens": min(cap, FusionOptions().judge_max_tokens)}
+    for name, default in unset.items():
+        asked = options.get(name)
+        if asked is not None and asked > cap:
+            raise bad_request(f"{name} is {asked}: at most {cap} on this server",
+                              req.params.get(name, name), "max_tokens_too_large")
+        if asked is None and (preset is None or preset.options.get(name) is None):
+            options[name] = default

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from ..config import Config, parse_spec
+from ..options import MAX_TOKENS
 
 API_KEYS_ENV = "FUSION_API_KEYS"
 
@@ -24,12 +27,56 @@ class ServerSettings:
     # provider (the loopback default); `fusion serve` on another interface defaults to
     # `default_allowed_providers(config)`. Presets may use any provider either way.
     allowed_providers: frozenset[str] | None = None
+    # Host names (any port) served besides the loopback ones (localhost, 127.0.0.1, [::1]):
+    # the defence against DNS rebinding (server/guards.py). None: any Host. `fusion serve`
+    # keeps the check only on loopback without keys, unless --allowed-host is given.
+    allowed_hosts: frozenset[str] | None = frozenset()
+    # Web origins (scheme://host[:port]) whose pages may call the API: CORS for them, and
+    # their POSTs are not refused as cross-site. Empty: no CORS (the default); "*": any.
+    cors_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("max_concurrent", "max_body_bytes", "max_members", "max_tokens_cap",
                      "max_depth", "retry_after_s"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.max_tokens_cap > MAX_TOKENS:  # the engine would refuse every request
+            raise ValueError(f"max_tokens_cap must be at most {MAX_TOKENS}")
+        for host in self.allowed_hosts or ():
+            if host_name(host) is None:
+                raise ValueError(f"allowed host {host!r}: write a host name, e.g. fusion.lan")
+        for origin in self.cors_origins:
+            parts = urlsplit(origin)
+            if origin != "*" and (parts.scheme not in ("http", "https") or not parts.netloc
+                                  or parts.path.strip("/") or parts.query or parts.fragment):
+                raise ValueError(f"CORS origin {origin!r}: write scheme://host[:port], e.g. "
+                                 "https://app.example.com")
+
+
+def is_loopback(host: str) -> bool:
+    """A bind address or host name that only this machine reaches."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a hostname: it may resolve to anything
+
+
+def host_name(host: str) -> str | None:
+    """The name in a Host header or an allowed host: lowercase, without the port, the
+    brackets of an IPv6 address or a final dot. None: not a host name."""
+    host = host.strip().lower()
+    if any(c in host for c in "/\\@ "):  # a URL, a path or user@host: not a name
+        return None
+    if host.startswith("["):
+        name, bracket, _ = host[1:].partition("]")
+        if not bracket:
+            return None
+    else:  # name[:port]; a bare IPv6 address has more than one colon
+        name = host.split(":", 1)[0] if host.count(":") == 1 else host
+    name = name.rstrip(".")
+    return name or None
 
 
 def default_allowed_providers(config: Config) -> frozenset[str]:

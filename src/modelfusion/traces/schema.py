@@ -43,6 +43,9 @@ from ..errors import UsageError
 from ..files import home_dir
 
 URL_ENV = "FUSION_TRACES_URL"
+# `fusion serve`'s default store, apart from traces.db: the server hands its traces to
+# whoever may call it, and the prompts of `fusion ask` are none of their business.
+SERVER_FILE = "server-traces.db"
 PREVIEW_CHARS = 200
 
 # ---------------------------------------------------------------- schema
@@ -179,12 +182,13 @@ class AmbiguousTraceId(UsageError):
 
     code = "ambiguous_id"
 
-def default_url() -> str:
-    """$FUSION_TRACES_URL, else SQLite in the user data dir."""
+def default_url(file: str = "traces.db") -> str:
+    """$FUSION_TRACES_URL, else the SQLite `file` in the user data dir: the CLI's and the
+    library's traces.db, or the server's own SERVER_FILE."""
     env = os.environ.get(URL_ENV)
     if env:
         return env
-    return f"sqlite:///{home_dir('data') / 'traces.db'}"
+    return f"sqlite:///{home_dir('data') / file}"
 
 
 def mask_url(url: str) -> str:
