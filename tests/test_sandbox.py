@@ -52,10 +52,16 @@ time.sleep(300)
     assert time.monotonic() - started < 10
     if not namespace_prefix():
         pytest.skip("no unshare here: host pids are not visible to check")
-    # Inside a PID namespace the pids are namespace-local: find the sleeps on the host.
-    time.sleep(0.5)
-    leftovers = [p for p in os.listdir("/proc") if p.isdigit() and _alive(int(p))
-                 and _cmdline(int(p)) == "sleep 300"]
+    # Inside a PID namespace the pids are namespace-local: find the sleeps on the host. The
+    # kernel tears a namespace down asynchronously: on a busy machine that takes a moment,
+    # so wait for it (bounded) rather than look once.
+    deadline = time.monotonic() + 10
+    while True:
+        leftovers = [p for p in os.listdir("/proc") if p.isdigit() and _alive(int(p))
+                     and _cmdline(int(p)) == "sleep 300"]
+        if not leftovers or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert leftovers == []
     assert pids.exists()
 
