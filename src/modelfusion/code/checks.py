@@ -40,6 +40,8 @@ from ..types import Message
 from .extract import PYTHON_TAGS, fences, parses
 
 CheckKind = Literal["doctest", "assert", "example", "setup", "probe", "generated"]
+# Kinds run only to compare candidates' behaviour: no expected value, never counted.
+INPUT_KINDS = ("probe", "generated")
 MAX_CHECKS = 64  # a request with more examples than this gets the first 64 checked
 MAX_CHARS = 100_000  # of each message: the parsing below must stay cheap on any request
 # Characters handed to the parser while looking for unfenced code in prose, all attempts
@@ -63,7 +65,7 @@ class Check:
 
     @property
     def counted(self) -> bool:
-        return self.kind not in ("setup", "probe", "generated")
+        return self.kind != "setup" and self.kind not in INPUT_KINDS
 
     def to_dict(self) -> dict[str, str | None]:
         return {"kind": self.kind, "source": self.source, "expected": self.expected,
@@ -83,11 +85,11 @@ class CheckSpec:
     @property
     def inputs(self) -> int:
         """Calls run only to compare candidates' behaviour: probes and generated inputs."""
-        return sum(c.kind in ("probe", "generated") for c in self.checks)
+        return sum(c.kind in INPUT_KINDS for c in self.checks)
 
     def counts(self) -> dict[str, int]:
         return {kind: sum(c.kind == kind for c in self.checks)
-                for kind in ("doctest", "assert", "example", "probe", "generated")}
+                for kind in ("doctest", "assert", "example", *INPUT_KINDS)}
 
 
 def find_checks(messages: Sequence[Message]) -> CheckSpec:

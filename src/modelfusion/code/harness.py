@@ -27,7 +27,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-from .checks import CheckSpec
+from .checks import INPUT_KINDS, CheckSpec
 from .sandbox import SandboxResult, run_python
 
 ACTUAL_CHARS = 200  # how much of each actual output the report keeps
@@ -177,7 +177,7 @@ for name, source, targets in (("<request>", SPEC["context"], (CONTEXT_NS, ns)),
 emit({"event": "loaded", "error": load_error and short(load_error)})
 inputs_left = SPEC["inputs_s"]
 for i, check in enumerate(SPEC["checks"]):
-    is_input = check["kind"] in ("probe", "generated")
+    is_input = check["kind"] in SPEC["input_kinds"]
     if is_input and inputs_left <= 0:
         emit({"event": "check", "i": i, "ok": False, "actual": "not run: no time left",
               "sig": "skipped"})
@@ -217,6 +217,7 @@ def program(spec: CheckSpec, code: str, marker: str, *,
     data = {"marker": marker, "context": spec.context, "code": code,
             "checks": [c.to_dict() for c in spec.checks], "per_check_s": per_check_s,
             "input_s": min(INPUT_S, per_check_s), "inputs_s": INPUTS_S,
+            "input_kinds": list(INPUT_KINDS),
             "actual_chars": ACTUAL_CHARS}
     return HARNESS % {"spec": repr(json.dumps(data))}
 

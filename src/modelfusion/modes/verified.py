@@ -40,7 +40,7 @@ import time
 import weakref
 
 from ..accounts import CandidateChecks, CheckOutcome, ChecksReport
-from ..code.checks import Check, CheckSpec, find_checks
+from ..code.checks import INPUT_KINDS, Check, CheckSpec, find_checks
 from ..code.extract import defines, extract_code
 from ..code.harness import CheckRun, run_checks
 from ..code.variations import with_generated
@@ -90,26 +90,20 @@ async def verified(ctx: ModeContext) -> ModeOutcome:
     report = await _check_all(ctx, spec)
     by_index = {m.index: m for m in ctx.candidates}
     found = ", ".join(f"{n} {kind}" for kind, n in report.found.items()
-                      if n and kind not in ("probe", "generated"))
+                      if n and kind not in INPUT_KINDS)
     if report.rule == "one_passed":
-        winner = by_index[report.passing[0]]
-        ctx.judge.skip("one_candidate_passed_checks")
-        ctx.judge.show([])
-        reason = f"the only candidate passing all {spec.total} visible checks ({found})"
-        return ModeOutcome(answer=winner.content or "", chosen=winner.model, reason=reason,
-                           checks=report)
+        return _chosen(ctx, by_index[report.passing[0]], "one_candidate_passed_checks",
+                       f"the only candidate passing all {spec.total} visible checks ({found})",
+                       report)
     if report.rule == "none_passed":
         # What the code did decides, not a reading of it: on the development set the small
         # judge chose right on none of these, at the cost of its longest prompts.
         best = max(c.passed for c in report.candidates)
-        winner = _fallback_order(list(ctx.candidates), report)[0]
-        ctx.judge.skip(nothing_to_judge(ctx.candidates) or "no_candidate_passed_checks")
-        ctx.judge.show([])
-        reason = (f"no candidate passed all {spec.total} visible checks (best {best}/"
-                  f"{spec.total}): chose by checks passed, then behaviour agreement, then "
-                  "member order")
-        return ModeOutcome(answer=winner.content or "", chosen=winner.model, reason=reason,
-                           checks=report)
+        return _chosen(ctx, _fallback_order(list(ctx.candidates), report)[0],
+                       nothing_to_judge(ctx.candidates) or "no_candidate_passed_checks",
+                       f"no candidate passed all {spec.total} visible checks (best {best}/"
+                       f"{spec.total}): chose by checks passed, then behaviour agreement, "
+                       "then member order", report)
     if report.rule == "several_passed":
         pool = [by_index[i] for i in report.passing]
         head = f"{len(pool)} candidates passed all {spec.total} visible checks ({found})"
@@ -125,14 +119,12 @@ async def verified(ctx: ModeContext) -> ModeOutcome:
             return await _judge(ctx, pool, report, spec, f"{head}: nothing to run", evidence)
     groups = _groups(pool, report)
     if spec.inputs and groups and (len(groups) == 1 or len(groups[0]) > len(groups[1])):
-        winner = groups[0][0]  # the largest group behaving alike; in it, the first listed
-        ctx.judge.skip("behaviour_majority")
-        ctx.judge.show([])
         alike = (f"{len(groups[0])} of {len(pool)} behave alike" if len(groups[0]) > 1
                  else "the only one whose code ran")
-        reason = f"{head}; {alike} on {spec.inputs} more inputs: chose the first listed of them"
-        return ModeOutcome(answer=winner.content or "", chosen=winner.model, reason=reason,
-                           checks=report)
+        # The largest group behaving alike; in it, the first listed.
+        return _chosen(ctx, groups[0][0], "behaviour_majority",
+                       f"{head}; {alike} on {spec.inputs} more inputs: chose the first "
+                       "listed of them", report)
     if spec.inputs and groups:
         # Behaviour cannot separate the largest groups: the judge picks one of them, shown
         # one candidate per group (the first listed).
@@ -152,12 +144,8 @@ async def _judge(ctx: ModeContext, pool: list[MemberResult], report: ChecksRepor
     ranked = _fallback_order(pool, report)
     skip = nothing_to_judge(pool)
     if skip:
-        ctx.judge.skip(skip)
-        ctx.judge.show([])
-        winner = ranked[0]
-        return ModeOutcome(answer=winner.content or "", chosen=winner.model,
-                           reason=f"{head}; judge skipped ({skip.replace('_', ' ')})",
-                           checks=report)
+        return _chosen(ctx, ranked[0], skip,
+                       f"{head}; judge skipped ({skip.replace('_', ' ')})", report)
     labeled = ctx.labeled(pool)
     ctx.judge.show(labeled)  # the pool may be a subset: say which the judge saw
     picked = await pick_best(ctx, labeled, evidence=evidence)
@@ -170,6 +158,15 @@ async def _judge(ctx: ModeContext, pool: list[MemberResult], report: ChecksRepor
     else:
         winner, judge_reason = picked
         reason = f"{head}; judge: {judge_reason}"
+    return ModeOutcome(answer=winner.content or "", chosen=winner.model, reason=reason,
+                       checks=report)
+
+
+def _chosen(ctx: ModeContext, winner: MemberResult, why: str, reason: str,
+            report: ChecksReport) -> ModeOutcome:
+    """The answer without a judge call: `why` is the judge's skip reason."""
+    ctx.judge.skip(why)
+    ctx.judge.show([])
     return ModeOutcome(answer=winner.content or "", chosen=winner.model, reason=reason,
                        checks=report)
 
