@@ -8,8 +8,9 @@ judge calls never match and always run live.
 
 Latency: each fusion collects the recorded latency of the calls it replayed in a
 `ReplayTally` (a context variable, inherited by the panel's tasks), and the harness adds it
-to the fusion's measured time. That is exact when calls run one at a time (embedded models)
-and an upper bound for panels that run in parallel (cloud members overlap).
+to the fusion's measured time. That is exact when calls run one at a time (embedded
+models; the samples of one batch each record an equal share of its time) and an upper
+bound for panels that run in parallel (cloud members overlap).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ..config import Config
 from ..files import atomic_write
 from ..fusion import ProviderPool
 from ..providers.base import DeltaCallback, Provider
+from ..providers.protocol import BatchProvider
 from ..types import Completion, GenerationParams, Message, Usage
 
 
@@ -86,32 +88,65 @@ class CachingProvider:
     async def complete(self, model: str, messages: list[Message], params: GenerationParams,
                        *, on_delta: DeltaCallback | None = None,
                        headers: dict[str, str] | None = None) -> Completion:
-        key = call_key(self.name, model, messages, params)
+        return (await self._calls(model, messages, [params], [on_delta], headers))[0]
+
+    async def _calls(self, model: str, messages: list[Message], params: list[GenerationParams],
+                     on_delta: list[DeltaCallback | None], headers: dict[str, str] | None
+                     ) -> list[Completion]:
+        """Each call from the cache if it can be, the rest live: one call, or one batch of
+        samples (complete_many), whose time each of its calls records a share of."""
+        keys = [call_key(self.name, model, messages, p) for p in params]
         tally = TALLY.get()
-        hit = self.cache.get(key)
-        if hit is not None:
-            if tally is not None:
-                tally.replayed_calls += 1
-                tally.replayed_ms += float(hit["latency_ms"])
-            if on_delta is not None and hit["content"]:
-                on_delta(hit["content"])
-            return Completion(content=hit["content"], usage=Usage(**hit["usage"]),
-                              cost=hit.get("cost"), finish_reason=hit.get("finish_reason"))
+        done: list[Completion | None] = []
+        for key, delta in zip(keys, on_delta, strict=True):
+            hit = self.cache.get(key)
+            done.append(None if hit is None else _replayed(hit, delta, tally))
+        live = [i for i, c in enumerate(done) if c is None]
+        if not live:
+            return done  # type: ignore[return-value]
         started = time.monotonic()
-        completion = await self.inner.complete(model, messages, params, on_delta=on_delta,
-                                               headers=headers)
-        latency_ms = (time.monotonic() - started) * 1000
+        if len(live) == 1:
+            fresh = [await self.inner.complete(model, messages, params[live[0]],
+                                               on_delta=on_delta[live[0]], headers=headers)]
+        else:
+            fresh = await self.inner.complete_many(  # type: ignore[attr-defined]
+                model, messages, [params[i] for i in live],
+                on_delta=[on_delta[i] for i in live], headers=headers)
+        latency_ms = (time.monotonic() - started) * 1000 / len(live)
         if tally is not None:
-            tally.live_calls += 1
-        await asyncio.to_thread(self.cache.put, key, {
-            "provider": self.name, "model": model, "content": completion.content,
-            "usage": completion.usage.to_dict(), "cost": completion.cost,
-            "finish_reason": completion.finish_reason, "latency_ms": round(latency_ms, 1),
-        })
-        return completion
+            tally.live_calls += len(live)
+        for i, completion in zip(live, fresh, strict=True):
+            done[i] = completion
+            await asyncio.to_thread(self.cache.put, keys[i], {
+                "provider": self.name, "model": model, "content": completion.content,
+                "usage": completion.usage.to_dict(), "cost": completion.cost,
+                "finish_reason": completion.finish_reason, "latency_ms": round(latency_ms, 1),
+            })
+        return done  # type: ignore[return-value]
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+def _replayed(hit: dict[str, Any], on_delta: DeltaCallback | None,
+              tally: ReplayTally | None) -> Completion:
+    if tally is not None:
+        tally.replayed_calls += 1
+        tally.replayed_ms += float(hit["latency_ms"])
+    if on_delta is not None and hit["content"]:
+        on_delta(hit["content"])
+    return Completion(content=hit["content"], usage=Usage(**hit["usage"]),
+                      cost=hit.get("cost"), finish_reason=hit.get("finish_reason"))
+
+
+class CachingBatchProvider(CachingProvider):
+    """CachingProvider over a provider that decodes samples together (BatchProvider)."""
+
+    async def complete_many(self, model: str, messages: list[Message],
+                            params: list[GenerationParams], *,
+                            on_delta: list[DeltaCallback | None],
+                            headers: dict[str, str] | None = None) -> list[Completion]:
+        return await self._calls(model, messages, params, on_delta, headers)
 
 
 class ReplayPool(ProviderPool):
@@ -126,7 +161,8 @@ class ReplayPool(ProviderPool):
         provider, limit = super().get(name)
         wrapped = self._wrapped.get(name)
         if wrapped is None or wrapped.inner is not provider:  # the pool met a new loop
-            wrapped = self._wrapped[name] = CachingProvider(provider, self.cache)
+            kind = CachingBatchProvider if isinstance(provider, BatchProvider) else CachingProvider
+            wrapped = self._wrapped[name] = kind(provider, self.cache)
         return wrapped, limit
 
 
@@ -135,7 +171,8 @@ class LivePool(ProviderPool):
 
     def get(self, name: str) -> tuple[Provider, asyncio.Semaphore | None]:
         provider, limit = super().get(name)
-        return _Counting(provider), limit
+        kind = _CountingBatch if isinstance(provider, BatchProvider) else _Counting
+        return kind(provider), limit
 
 
 class _Counting:
@@ -157,3 +194,16 @@ class _Counting:
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+class _CountingBatch(_Counting):
+    async def complete_many(self, model: str, messages: list[Message],
+                            params: list[GenerationParams], *,
+                            on_delta: list[DeltaCallback | None],
+                            headers: dict[str, str] | None = None) -> list[Completion]:
+        done = await self.inner.complete_many(  # type: ignore[attr-defined]
+            model, messages, params, on_delta=on_delta, headers=headers)
+        tally = TALLY.get()
+        if tally is not None:
+            tally.live_calls += len(done)
+        return done

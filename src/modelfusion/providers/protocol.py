@@ -41,6 +41,23 @@ class Provider(Protocol):
     async def aclose(self) -> None: ...
 
 
+@runtime_checkable
+class BatchProvider(Provider, Protocol):
+    """A provider that decodes several samples of one prompt at once, cheaper than one call
+    each (the embedded llama.cpp: one batch, the prompt evaluated once). The panel sends
+    a model's samples (same messages and max_tokens, no JSON schema) through it."""
+
+    async def complete_many(
+        self,
+        model: str,
+        messages: list[Message],
+        params: list[GenerationParams],
+        *,
+        on_delta: list[DeltaCallback | None],
+        headers: dict[str, str] | None = None,
+    ) -> list[Completion]: ...
+
+
 ProviderFactory = Callable[["ProviderConfig"], Provider]
 FACTORIES: dict[str, ProviderFactory] = {}
 

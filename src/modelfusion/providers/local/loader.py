@@ -33,6 +33,9 @@ except ImportError:  # pragma: no cover - exercised only without the extra
 
 DEFAULT_MEMORY_MB = 4096  # both shipped models (~2.1 GB estimated) fit with room to spare
 DEFAULT_N_CTX = 4096  # prompt + answer; a judge prompt with 3-4 candidates fits
+# Sequences per model context: llama.cpp fixes the number when the context is created
+# (batch.py decodes up to this many samples at once; more run as several batches).
+MAX_SEQUENCES = 16
 _OVERHEAD_BYTES = 128 << 20  # compute buffers and bookkeeping per loaded model, estimated
 
 
@@ -177,16 +180,26 @@ def _load_llama(path: Path, cls: type | None = None) -> Any:
         cls = _LLAMA_CLASS
     extra = _use_extra_buffers()
     with _PATCH_LOCK:
-        # Llama() has no switch for extra buffer types, so its default model params are
-        # adjusted for the duration of this one construction.
-        original = llama_c.llama_model_default_params
+        # Llama() has no switch for extra buffer types nor for parallel sequences, so its
+        # default model and context params are adjusted for this one construction. One
+        # unified KV cache serves every sequence of a batch (batch.py): n_ctx cells in all,
+        # as for one sequence, and a shared prompt is held once.
+        original, original_ctx = (llama_c.llama_model_default_params,
+                                  llama_c.llama_context_default_params)
 
         def params() -> Any:
             p = original()
             p.use_extra_bufts = extra
             return p
 
+        def context_params() -> Any:
+            p = original_ctx()
+            p.n_seq_max = MAX_SEQUENCES
+            p.kv_unified = True
+            return p
+
         llama_c.llama_model_default_params = params
+        llama_c.llama_context_default_params = context_params
         try:
             return cls(
                 model_path=str(path), n_ctx=n_ctx(), n_threads=n_threads(),
@@ -199,6 +212,7 @@ def _load_llama(path: Path, cls: type | None = None) -> Any:
             ) from None
         finally:
             llama_c.llama_model_default_params = original
+            llama_c.llama_context_default_params = original_ctx
 
 
 def _estimate_bytes(path: Path, llama: Any) -> int:

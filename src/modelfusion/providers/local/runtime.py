@@ -30,7 +30,7 @@ from ...config import ProviderConfig
 from ...errors import ProviderError
 from ...types import Completion, GenerationParams, Message, Usage
 from ..protocol import DeltaCallback, register_kind
-from . import catalog
+from . import batch, catalog
 from .loader import (
     DEFAULT_MEMORY_MB,
     DEFAULT_N_CTX,
@@ -232,11 +232,13 @@ def _run(
     path: Path,
     name: str,
     messages: list[Message],
-    params: GenerationParams,
-    emit: Callable[[str], None],
+    params: list[GenerationParams],
+    emits: list[Callable[[str], None]],
     cancel: threading.Event,
-) -> Completion | None:
-    """Decode-thread body: load (or reuse) the model, lock it, generate."""
+) -> list[Completion] | None:
+    """Decode-thread body: load (or reuse) the model, lock it, generate one completion per
+    params entry. Several samples of one prompt are one batch when the model allows (a
+    chat template, no JSON schema: batch.batchable), else one call after another."""
     if cancel.is_set():
         return None
     model = _CACHE.acquire(path)
@@ -244,11 +246,37 @@ def _run(
         if not _acquire(model.lock, cancel):
             return None
         try:
-            return _generate(model, name, messages, params, emit, cancel)
+            if batch.batchable(model.llama, params):
+                return _generate_batch(model, name, messages, params, emits, cancel)
+            done = []
+            for p, emit in zip(params, emits, strict=True):
+                completion = _generate(model, name, messages, p, emit, cancel)
+                if completion is None:
+                    return None
+                done.append(completion)
+            return done
         finally:
             model.lock.release()
     finally:
         _CACHE.release(model)
+
+
+def _generate_batch(
+    model: _Loaded,
+    name: str,
+    messages: list[Message],
+    params: list[GenerationParams],
+    emits: list[Callable[[str], None]],
+    cancel: threading.Event,
+) -> list[Completion] | None:
+    try:
+        return batch.generate_batch(model.llama, name, messages, params, emits, cancel)
+    except _Cancelled:
+        return None
+    except ProviderError:
+        raise
+    except Exception as e:  # as in _generate: one kind of failure for the panel
+        raise ProviderError("upstream_error", f"local:{name}: llama.cpp failed: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------
@@ -271,22 +299,42 @@ class LocalProvider:
         on_delta: DeltaCallback | None = None,
         headers: dict[str, str] | None = None,  # meaningless in-process; accepted, unused
     ) -> Completion:
+        return (await self._decode(model, messages, [params], [on_delta]))[0]
+
+    async def complete_many(
+        self,
+        model: str,
+        messages: list[Message],
+        params: list[GenerationParams],
+        *,
+        on_delta: list[DeltaCallback | None],
+        headers: dict[str, str] | None = None,  # meaningless in-process; accepted, unused
+    ) -> list[Completion]:
+        """N samples of one prompt (one entry of `params` each), decoded as one llama.cpp
+        batch: the prompt is evaluated once and each step decodes every sample. The panel
+        sends a model's self-fusion copies this way (docs/local.md)."""
+        return await self._decode(model, messages, params, on_delta)
+
+    async def _decode(self, model: str, messages: list[Message], params: list[GenerationParams],
+                      on_delta: list[DeltaCallback | None]) -> list[Completion]:
         _require_llama_cpp()
         loop = asyncio.get_running_loop()
         cancel = threading.Event()
 
-        def emit(text: str) -> None:
-            if on_delta is None:
-                return
-            try:
-                loop.call_soon_threadsafe(on_delta, text)
-            except RuntimeError:  # the loop is closed: nobody is listening any more
-                cancel.set()
+        def emitter(callback: DeltaCallback | None) -> Callable[[str], None]:
+            def emit(text: str) -> None:
+                if callback is None:
+                    return
+                try:
+                    loop.call_soon_threadsafe(callback, text)
+                except RuntimeError:  # the loop is closed: nobody is listening any more
+                    cancel.set()
+            return emit
 
         # Assembling or hashing a catalogue model is file work: keep it off the decode thread.
         path = await asyncio.to_thread(catalog.resolve, model)
-        future = loop.run_in_executor(
-            _DECODE_EXECUTOR, _run, path, model, messages, params, emit, cancel)
+        future = loop.run_in_executor(_DECODE_EXECUTOR, _run, path, model, messages, params,
+                                      [emitter(c) for c in on_delta], cancel)
         try:
             result = await future
         except asyncio.CancelledError:
