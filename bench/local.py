@@ -9,6 +9,9 @@
 3. memory: peak RSS with both shipped models loaded.
 4. fusion: wall time of the default local fusion (`fusion ask` with no flags) vs one 1.5B
    answer to the same prompt, same max_tokens, in one run.
+5. batch: N samples of one prompt one after the other, as one batch through the provider
+   (complete_many), and through llama.cpp's own `llama-batched-bench` (the limit: C++,
+   prompt shared), same model, prompt and token count (a prompt that never stops early).
 
 Every measurement prints how much CPU other processes used meanwhile ("foreign", in
 cores): on a 2-core machine any foreign load distorts the numbers, so read them with it.
@@ -268,11 +271,79 @@ def bench_fusion(runs: int) -> None:
     print(f"  fused {f:.1f}s  single {s:.1f}s  ratio {f / s:.2f}x  (medians of {runs})")
 
 
+# ---------------------------------------------------------------------------------------
+# 5. Batched samples: N samples of one prompt, ours vs llama.cpp's own batched decode
+
+COUNTING = [Message("user", "Count from 1 to 1000, one number per line, nothing else.")]
+
+
+async def _samples(provider: local.LocalProvider, model: str, n: int, max_tokens: int,
+                   together: bool) -> tuple[float, list[int]]:
+    params = [GenerationParams(temperature=0.7, seed=k, max_tokens=max_tokens)
+              for k in range(n)]
+    start = time.perf_counter()
+    if together:
+        done = await provider.complete_many(model, COUNTING, params, on_delta=[None] * n)
+    else:
+        done = [await provider.complete(model, COUNTING, p) for p in params]
+    return time.perf_counter() - start, [c.usage.completion_tokens for c in done]
+
+
+def _llama_batched_bench(binary: str, gguf: Path, prompt: int, tokens: int, n: int
+                         ) -> dict[int, float]:
+    """llama.cpp's batched-bench, prompt shared: total seconds for 1 and n sequences."""
+    import json
+    import subprocess
+
+    out = subprocess.run(
+        [binary, "-m", str(gguf), "-c", str(local.n_ctx()), "-b", "2048", "-ub", "512",
+         "-npp", str(prompt), "-ntg", str(tokens), "-npl", f"1,{n}", "-pps",
+         "-t", str(local.n_threads()), "--output-format", "jsonl"],
+        capture_output=True, text=True, check=True, timeout=1800).stdout
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    return {int(r["pl"]): float(r["t"]) for r in rows}
+
+
+def bench_batch(model: str, n: int, max_tokens: int, binary: str | None) -> None:
+    print(f"\n== batched samples: {n} samples of one prompt, {model}, {max_tokens} tokens "
+          f"each, {local.n_threads()} threads ==")
+    provider = local.LocalProvider(builtin_providers()["local"])
+    asyncio.run(_samples(provider, model, 1, 4, together=False))  # load before timing
+    with Foreign() as fg:
+        one, _ = asyncio.run(_samples(provider, model, 1, max_tokens, together=False))
+        apart, _ = asyncio.run(_samples(provider, model, n, max_tokens, together=False))
+        ours, tokens = asyncio.run(_samples(provider, model, n, max_tokens, together=True))
+    print(f"  one sample                  {one:7.2f}s")
+    print(f"  {n} one after the other       {apart:7.2f}s  ({apart / one:.2f}x one)")
+    print(f"  {n} as one batch (ours)       {ours:7.2f}s  ({ours / one:.2f}x one)  "
+          f"tokens {tokens}  foreign {fg.cores:.2f}")
+    if binary is None:
+        print("  llama.cpp's own batched decode: pass --batched-bench PATH (docs/local.md "
+              "says how to build llama-batched-bench from the vendored source)")
+        return
+    from modelfusion.providers.local import batch
+
+    loaded = local._CACHE.acquire(local_models.resolve(model))
+    prompt = len(on_decode_thread(batch._prompt_tokens, loaded.llama, COUNTING)[0])
+    local._CACHE.release(loaded)
+    local.unload_all()  # one model in memory while llama.cpp's own tool runs
+    with Foreign() as fg:
+        limit = _llama_batched_bench(binary, local_models.resolve(model), prompt,
+                                     max_tokens, n)
+    print(f"  llama-batched-bench (prompt shared, {prompt} tokens): one {limit[1]:.2f}s, "
+          f"{n} {limit[n]:.2f}s ({limit[n] / limit[1]:.2f}x one)  foreign {fg.cores:.2f}")
+    print(f"  RATIO ours/llama.cpp for {n} samples: {ours / limit[n]:.3f}   goal <= 1.10")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--only", choices=["overhead", "schedule", "load", "fusion"])
+    parser.add_argument("--only", choices=["overhead", "schedule", "load", "fusion", "batch"])
+    parser.add_argument("--samples", type=int, default=4, help="batch: samples of one prompt")
+    parser.add_argument("--model", default=LARGE, help="batch: the catalogue model")
+    parser.add_argument("--batched-bench", metavar="PATH",
+                        help="batch: llama.cpp's llama-batched-bench binary, the limit")
     args = parser.parse_args()
     print(f"llama-cpp threads {local.n_threads()}, n_ctx {local.n_ctx()}, "
           f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}, cores {os.cpu_count()}")
@@ -284,6 +355,8 @@ def main() -> None:
         bench_schedule(args.runs, args.max_tokens)
     if args.only in (None, "fusion"):
         bench_fusion(args.runs)
+    if args.only in (None, "batch"):
+        bench_batch(args.model, args.samples, args.max_tokens, args.batched_bench)
 
 
 if __name__ == "__main__":
