@@ -18,6 +18,7 @@ from ..config import load_config
 from ..errors import AllMembersFailed, BudgetExceeded, UsageError
 from ..fusion import Fusion
 from ..modes import MODES
+from ..providers.base import warm
 from ..text import printable
 from ..types import FusionResult, Message
 from .common import EFFORT_HELP, cli_skills, cost_text, err, handle_errors, safe
@@ -125,6 +126,10 @@ def ask(
 async def _run(fusion: Fusion, text: str, *, live: bool) -> FusionResult:
     result: FusionResult | None = None
     async with fusion:
+        # The SDK's import and each client's set-up happen here, not in the timed panel.
+        plan = fusion.plan
+        seats = [*plan.seats, plan.judge, *([plan.fallback_judge] if plan.fallback_judge else [])]
+        warm(fusion.pool.get, dict.fromkeys(s.provider for s in seats))
         if live:
             with LiveProgress(err) as progress:
                 async for event in fusion.stream(text):
