@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 from typing import Annotated
 
@@ -187,7 +188,7 @@ def models(
     for col in ("name", "kind", "base url", "key"):
         providers.add_column(col)
     for p in cfg.providers.values():
-        where = "(in-process)" if p.kind == "local" else p.base_url or "(SDK default)"
+        where = "(in-process)" if p.kind == "local" else _masked(p.base_url) or "(SDK default)"
         providers.add_row(*map(safe, (p.name, p.kind, where, p.key_status())))
     out.print(providers)
     presets = Table(title="presets", title_justify="left")
@@ -204,6 +205,11 @@ def models(
     from .local import models_table
 
     out.print(models_table())
+
+
+def _masked(url: str | None) -> str | None:
+    """A base_url without the password it may carry (https://user:secret@host)."""
+    return re.sub(r"(//[^/@:]*):[^/@]*@", r"\1:***@", url) if url else url
 
 
 def register(app: typer.Typer) -> None:
