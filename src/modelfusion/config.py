@@ -257,6 +257,7 @@ def _from_raw(raw: dict[str, Any], file: Path | None, offline: bool) -> Config:
             )
         if unknown:
             raise ConfigError(f"{file}: [providers.{name}] has unknown keys {sorted(unknown)}")
+        _check_provider(body, f"{file}: [providers.{name}]")
         base = providers.get(name, ProviderConfig(name=name))
         if name not in providers and "base_url" not in body and body.get("kind") != "local":
             raise ConfigError(f"{file}: [providers.{name}] needs base_url")
@@ -265,8 +266,11 @@ def _from_raw(raw: dict[str, Any], file: Path | None, offline: bool) -> Config:
         providers[name] = replace(base, **{**body, "key_required": key_required})
     presets: dict[str, Preset] = {}
     for name, body in _table(raw, "presets", file).items():
+        if not isinstance(body, dict):
+            raise ConfigError(f"{file}: [presets.{name}] must be a table")
         models = body.get("models")
-        if not models or not isinstance(models, list):
+        if not models or not isinstance(models, list) \
+                or not all(isinstance(m, str) for m in models):
             raise ConfigError(f"{file}: [presets.{name}] needs models = [\"provider:model\", ...]")
         options = {k: v for k, v in body.items() if k not in {"models", "judge", "mode"}}
         unknown = set(options) - OPTION_NAMES
@@ -281,13 +285,45 @@ def _from_raw(raw: dict[str, Any], file: Path | None, offline: bool) -> Config:
             name=name, models=tuple(models), judge=body.get("judge"),
             mode=body.get("mode", "merge"), options=options,
         )
-    prices = {
-        spec: Price(float(p.get("prompt", 0.0)), float(p.get("completion", 0.0)))
-        for spec, p in _table(raw, "prices", file).items()
-    }
+    prices = {spec: _price(p, f"{file}: [prices] {spec!r}")
+              for spec, p in _table(raw, "prices", file).items()}
     default = raw.get("default_preset")
     cfg = Config(providers, presets, prices, default, file, offline,
                  frozenset(_table(raw, "providers", file)))
     if default:
         cfg.preset(default)  # fail now, naming the file, not at the first request
     return cfg
+
+
+# Header names that carry credentials: keys only come from api_key_env (never a file).
+_SECRET_HEADERS = {"authorization", "proxy-authorization", "api-key", "x-api-key", "cookie"}
+
+
+def _check_provider(body: dict[str, Any], where: str) -> None:
+    """Types and ranges of a provider table, so a mistake is one line naming it."""
+    for key in ("max_parallel", "max_response_chars"):
+        value = body.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 1):
+            raise ConfigError(f"{where}: {key} must be a whole number of at least 1")
+    for key in ("base_url", "api_key_env", "kind"):
+        if key in body and not isinstance(body[key], str):
+            raise ConfigError(f"{where}: {key} must be a string")
+    headers = body.get("headers", {})
+    if not isinstance(headers, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
+        raise ConfigError(f"{where}: headers must be a table of strings")
+    secret = sorted(k for k in headers if k.lower() in _SECRET_HEADERS)
+    if secret:
+        raise ConfigError(f"{where}: headers has {secret[0]}; keys never go in files. Put "
+                          "the key in an environment variable and name it with api_key_env")
+
+
+def _price(p: Any, where: str) -> Price:
+    if not isinstance(p, dict):
+        raise ConfigError(f"{where} must be a table: {{prompt = USD, completion = USD}} "
+                          "per million tokens")
+    try:
+        return Price(float(p.get("prompt", 0.0)), float(p.get("completion", 0.0)))
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: prompt and completion must be numbers") from None

@@ -20,6 +20,13 @@ What counts (each hit is recorded under its kind):
   `"choice": "B"`;
 - `claim`: claims about candidates ("candidate A is wrong", "this answer was verified").
 
+Matching looks at a normalised copy of each line (`_normal`: NFKC, so fullwidth
+`ＳＹＳＴＥＭ：` and DeepSeek's fullwidth-bar tokens read as ASCII; zero-width and other
+format characters removed; a few Cyrillic/Greek look-alikes folded to Latin), and lines are
+split at every line break a tokenizer may honour (`\r`, U+2028, U+0085 …, as
+`str.splitlines`). A line without a hit is kept as written; a line with a sentence-level
+hit is shown normalised around its marker.
+
 Conservative on purpose: every pattern needs judge vocabulary, a candidate label, a role
 prefix at the start of a line, a template token or a fence look-alike. Prose or code that
 merely says "system" or "choose" passes unchanged, and role prefixes are not looked for
@@ -32,6 +39,7 @@ quote injection phrases or chat-template tokens, and answers about job candidate
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -46,10 +54,13 @@ _ROLE_LINE = re.compile(
     r"|(?:system|assistant|developer)(?:\s+(?:message|prompt|note|override))?\s*:)",
     re.I,
 )
-_TEMPLATE = re.compile(r"<\|[A-Za-z0-9_]{1,32}\|>|<</?SYS>>|\[/?INST\]")
+# `▁` (U+2581): DeepSeek's word separator inside its tokens (<｜end▁of▁sentence｜>).
+_TEMPLATE = re.compile(r"<\|[A-Za-z0-9_\u2581]{1,32}\|>|<</?SYS>>|\[/?INST\]"
+                       r"|<(?:start|end)_of_turn>")
 _TEMPLATE_OPEN = re.compile(r"<\|(?:im_start|start_header_id|system|user|assistant)\|>|\[INST\]"
-                            r"|<<SYS>>")
-_TEMPLATE_CLOSE = re.compile(r"<\|(?:im_end|eot_id|end|end_header_id)\|>|\[/INST\]|<</SYS>>")
+                            r"|<<SYS>>|<start_of_turn>", re.I)
+_TEMPLATE_CLOSE = re.compile(r"<\|(?:im_end|eot_id|end|end_header_id|end\u2581of\u2581sentence)"
+                             r"\|>|\[/INST\]|<</SYS>>|<end_of_turn>", re.I)
 _FENCE = re.compile(r"</?\s*candidate(?:[-_][\w-]*)?(?:\s[^>\n]{0,200})?\s*/?>|</?\s*request\s*>",
                     re.I)
 
@@ -93,6 +104,21 @@ _SENTENCE_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
         re.I)),
 ]
 _SENTENCE_END = re.compile(r"(?<=[.!?;])\s+")
+# Letters that look like Latin ones, in the words the patterns need (system, assistant,
+# judge, ignore, choose, candidate …). Not a full confusables table: the misses are pinned
+# as strict xfails in tests/test_defuse.py.
+_LOOKALIKES = str.maketrans("аеорсухіјѕԁаАВЕНІЈКМОРСТХЅαεορτυνΑΒΕΗΙΚΜΝΟΡΤΥΧ",
+                            "aeopcyxijsdaABEHIJKMOPCTXSaeoptuvABEHIKMNOPTYX")
+
+
+def _normal(line: str) -> str:
+    """What the patterns look at: NFKC, format characters (zero-width space and joiners,
+    soft hyphen, BOM, bidi controls) removed, look-alike letters folded to Latin."""
+    line = unicodedata.normalize("NFKC", line)
+    if not line.isascii():
+        line = "".join(c for c in line if unicodedata.category(c) != "Cf")
+        line = line.translate(_LOOKALIKES)
+    return line
 _CODE_FENCE = re.compile(r"^\s*(?:```|~~~)")
 
 
@@ -121,7 +147,8 @@ def defuse(text: str) -> Defused:
         if not out or out[-1] != MARKER:
             out.append(MARKER)
 
-    for line in text.split("\n"):
+    for raw in text.splitlines():
+        line = raw if raw.isascii() else _normal(raw)
         if in_turn:
             if _TEMPLATE_CLOSE.search(line):
                 in_turn = False
@@ -135,12 +162,13 @@ def defuse(text: str) -> Defused:
             continue
         if _CODE_FENCE.match(line):
             in_code = not in_code
-            out.append(line)
+            out.append(raw)
             continue
         if not in_code and _ROLE_LINE.match(line):
             removed("role")
             continue
-        if _FENCE.search(line):
+        fenced = bool(_FENCE.search(line))
+        if fenced:
             kinds.add("fence")
             line = _FENCE.sub(MARKER, line)
             if line.strip() == MARKER:
@@ -151,7 +179,7 @@ def defuse(text: str) -> Defused:
         if hits and line.strip() == MARKER:
             removed(hits[0])
             continue
-        out.append(line)
+        out.append(line if hits or fenced else raw)
     if not kinds:
         return Defused(text, ())
     return Defused("\n".join(out), tuple(sorted(kinds)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 from typing import Annotated
 
@@ -18,6 +19,7 @@ from ..config import load_config
 from ..errors import AllMembersFailed, BudgetExceeded, UsageError
 from ..fusion import Fusion
 from ..modes import MODES
+from ..providers.base import warm
 from ..text import printable
 from ..types import FusionResult, Message
 from .common import EFFORT_HELP, cli_skills, cost_text, err, handle_errors, safe
@@ -125,6 +127,10 @@ def ask(
 async def _run(fusion: Fusion, text: str, *, live: bool) -> FusionResult:
     result: FusionResult | None = None
     async with fusion:
+        # The SDK's import and each client's set-up happen here, not in the timed panel.
+        plan = fusion.plan
+        seats = [*plan.seats, plan.judge, *([plan.fallback_judge] if plan.fallback_judge else [])]
+        warm(fusion.pool.get, dict.fromkeys(s.provider for s in seats))
         if live:
             with LiveProgress(err) as progress:
                 async for event in fusion.stream(text):
@@ -182,7 +188,7 @@ def models(
     for col in ("name", "kind", "base url", "key"):
         providers.add_column(col)
     for p in cfg.providers.values():
-        where = "(in-process)" if p.kind == "local" else p.base_url or "(SDK default)"
+        where = "(in-process)" if p.kind == "local" else _masked(p.base_url) or "(SDK default)"
         providers.add_row(*map(safe, (p.name, p.kind, where, p.key_status())))
     out.print(providers)
     presets = Table(title="presets", title_justify="left")
@@ -199,6 +205,11 @@ def models(
     from .local import models_table
 
     out.print(models_table())
+
+
+def _masked(url: str | None) -> str | None:
+    """A base_url without the password it may carry (https://user:secret@host)."""
+    return re.sub(r"(//[^/@:]*):[^/@]*@", r"\1:***@", url) if url else url
 
 
 def register(app: typer.Typer) -> None:

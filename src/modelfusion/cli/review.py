@@ -16,7 +16,13 @@ from ..errors import UsageError
 from ..files import atomic_write
 from ..fusion import Fusion
 from ..review import report
-from ..review.diff import DEFAULT_CHUNK_CHARS, parse_diff, split
+from ..review.diff import (
+    DEFAULT_CHUNK_CHARS,
+    DEFAULT_MAX_CHUNKS,
+    DEFAULT_MAX_FILE_CHARS,
+    bounded,
+    parse_diff,
+)
 from ..review.findings import MEMBER_SCHEMA, SEVERITIES, Finding, at_or_above, sort_findings
 from ..review.runner import REVIEW_SYSTEM, PartReview, read_diff, review_chunks
 from ..types import FusionEvent
@@ -56,6 +62,12 @@ def register(app: typer.Typer) -> None:
             help="Only findings that at least K members reported.")] = 1,
         chunk_chars: Annotated[int, typer.Option(
             help="Size of one review part, in characters of diff.")] = DEFAULT_CHUNK_CHARS,
+        max_chunks: Annotated[int, typer.Option(
+            help="At most this many parts (one fusion each); the files past it are left "
+            "out and named.")] = DEFAULT_MAX_CHUNKS,
+        max_file_chars: Annotated[int, typer.Option(
+            help="Leave out (and name) a file whose diff is larger than this, in "
+            "characters.")] = DEFAULT_MAX_FILE_CHARS,
         max_tokens: Annotated[int | None, typer.Option(help="Max tokens per review.")] = None,
         timeout: Annotated[float | None, typer.Option(help="Seconds per member.")] = None,
         deadline: Annotated[float | None, typer.Option(
@@ -84,11 +96,17 @@ def register(app: typer.Typer) -> None:
             deadline=deadline or REVIEW_DEADLINE,
         )
         text = read_diff(base=base, diff=diff, staged=staged, stdin_text=_stdin)
-        chunks = split(parse_diff(text), chunk_chars)
+        chunks, left_out = bounded(parse_diff(text), chunk_chars, max_chunks=max_chunks,
+                                   max_file_chars=max_file_chars)
+        for item in left_out:
+            err.print(safe(f"Left out {item.path}: {item.reason}.", "yellow"))
         if not chunks:
             err.print("Nothing to review: the diff is empty (or has only binary files and "
-                      "deletions).")
-            _write([], {"models": "no model", "chunks": 0, "failed": 0}, fmt, output or [])
+                      "deletions)." if not left_out else
+                      "Nothing left to review within the limits; raise --max-file-chars "
+                      "or --max-chunks to review the files above.", highlight=False)
+            _write([], {"models": "no model", "chunks": 0, "failed": 0,
+                        "left_out": [i.to_dict() for i in left_out]}, fmt, output or [])
             return
         from .local import prepare
 
@@ -119,7 +137,12 @@ def register(app: typer.Typer) -> None:
         parts = asyncio.run(review_chunks(fusion, chunks, progress, activity))
         findings = sort_findings([f for p in parts for f in p.findings
                                   if f.agreed_by >= min_agreement])
-        _write(findings, _summary(fusion, parts), fmt, output or [])
+        _write(findings, {**_summary(fusion, parts),
+                          "left_out": [i.to_dict() for i in left_out]}, fmt, output or [])
+        if left_out:
+            err.print(safe(f"{len(left_out)} file(s) left out of the review (see above); "
+                           "raise --max-chunks or --max-file-chars to include them.",
+                           "yellow"))
 
         failed = [p for p in parts if p.error]
         if failed:

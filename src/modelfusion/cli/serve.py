@@ -52,6 +52,10 @@ def serve(
                                            "FUSION_API_KEYS (anyone can spend your keys).")]
     = False,
     max_concurrent: Annotated[int, typer.Option(help="Fusions at once; more get 429.")] = 64,
+    max_messages: Annotated[int, typer.Option(help="Entries in a request's messages; more "
+                                              "get 400.")] = 2048,
+    max_connections: Annotated[int, typer.Option(help="Open connections; more are answered "
+                                                 "503 and closed.")] = 1024,
     allow_provider: Annotated[list[str] | None, typer.Option(
         help="A provider requests may name (repeatable; '*' = every configured one). "
         "Default: every one on loopback; elsewhere the providers fusion.toml declares or its "
@@ -70,7 +74,9 @@ def serve(
     import uvicorn
 
     from ..server.app import create_app
+    from ..server.logs import quiet
     from ..server.settings import API_KEYS_ENV, ServerSettings, keys_from_env
+    from ..server.transport import uvicorn_config
     from ..traces.schema import SERVER_FILE, default_url
     from ..traces.store import TraceStore
 
@@ -86,6 +92,7 @@ def serve(
     hosts = allowed_hosts(allowed_host, loopback=is_loopback(host), keyed=bool(keys))
     try:
         settings = ServerSettings(api_keys=keys, max_concurrent=max_concurrent,
+                                  max_messages=max_messages, max_connections=max_connections,
                                   allowed_providers=allowed, allowed_hosts=hosts,
                                   cors_origins=tuple(cors_origin or ()))
     except ValueError as e:
@@ -97,8 +104,11 @@ def serve(
         typer.echo(f"modelfusion serving on http://{host}:{port}/ "
                    f"(auth {'on' if keys else 'off'}; providers requests may name: {named}; "
                    f"traces: {store.url})", err=True)
-        uvicorn.run(app, host=host, port=port, log_level=log_level,
-                    timeout_graceful_shutdown=10)
+        server = uvicorn.Server(uvicorn_config(app, settings, host=host, port=port,
+                                               log_level=log_level,
+                                               timeout_graceful_shutdown=10))
+        quiet()  # after uvicorn's Config has set its loggers up
+        server.run()
     finally:
         store.close()
 

@@ -7,6 +7,7 @@ importable from here too.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from .protocol import FACTORIES, DeltaCallback, Provider, ProviderFactory, register_kind
@@ -14,7 +15,8 @@ from .protocol import FACTORIES, DeltaCallback, Provider, ProviderFactory, regis
 if TYPE_CHECKING:
     from ..config import ProviderConfig
 
-__all__ = ["DeltaCallback", "Provider", "ProviderFactory", "build_provider", "register_kind"]
+__all__ = ["DeltaCallback", "Provider", "ProviderFactory", "build_provider", "register_kind",
+           "warm"]
 
 
 def build_provider(cfg: ProviderConfig) -> Provider:
@@ -30,6 +32,22 @@ def build_provider(cfg: ProviderConfig) -> Provider:
             f"provider {cfg.name!r} has unknown kind {cfg.kind!r}; known kinds: {known}"
         ) from None
     return factory(cfg)
+
+
+def warm(get: Callable[[str], object], names: Iterable[str]) -> list[str]:
+    """Build each named provider now through `get` (a ProviderPool's, on the running
+    loop), so that importing its SDK and setting up its client happen before the first
+    request, not on the event loop inside a request's timings. Returns the names it could
+    not build: the run that uses one reports why."""
+    from ..errors import FusionError
+
+    failed = []
+    for name in names:
+        try:
+            get(name)
+        except FusionError:
+            failed.append(name)
+    return failed
 
 
 def _load_builtin(kind: str) -> None:

@@ -20,6 +20,12 @@ from ..types import Message
 # ~1,400 tokens of diff: with the review instructions and a 512-token answer this fits the
 # embedded models' 4,096-token context, and the judge's prompt (diff + findings) too.
 DEFAULT_CHUNK_CHARS = 5000
+# What one review may cost: a 50 MB diff once made 23,810 upstream calls (issue 12, item
+# 12). A file whose diff is larger than max_file_chars is left out (a generated file, a
+# lock file, a vendored tree: not what a reviewer reads), and past max_chunks parts the
+# remaining files are; the report says which, and why.
+DEFAULT_MAX_CHUNKS = 200  # ~1 MB of diff
+DEFAULT_MAX_FILE_CHARS = 200_000  # 40 parts of one file
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +119,45 @@ def split(files: list[FileDiff], max_chars: int = DEFAULT_CHUNK_CHARS) -> list[C
         for i, group in enumerate(groups, 1):
             chunks.append(Chunk(f.path, f.status, tuple(group), i, len(groups)))
     return chunks
+
+
+@dataclass(frozen=True, slots=True)
+class LeftOut:
+    path: str
+    reason: str  # why it was not reviewed, with the option that would let it in
+
+    def to_dict(self) -> dict[str, str]:
+        return {"file": self.path, "reason": self.reason}
+
+
+def size(f: FileDiff) -> int:
+    """About the characters of diff a file's hunks render to (without rendering them)."""
+    return sum(len(h.header) + 1 + sum(len(ln.text) + 9 for ln in h.lines) for h in f.hunks)
+
+
+def bounded(files: list[FileDiff], max_chars: int = DEFAULT_CHUNK_CHARS, *,
+            max_chunks: int = DEFAULT_MAX_CHUNKS,
+            max_file_chars: int = DEFAULT_MAX_FILE_CHARS) -> tuple[list[Chunk], list[LeftOut]]:
+    """`split`, within the limits: whole files in diff order while their parts fit in
+    `max_chunks`; what does not fit, or is too big alone, is left out (and named)."""
+    if max_chunks < 1 or max_file_chars < 1:
+        raise UsageError("--max-chunks and --max-file-chars must be at least 1")
+    chunks: list[Chunk] = []
+    left: list[LeftOut] = []
+    for f in files:
+        chars = size(f)
+        if chars > max_file_chars:
+            left.append(LeftOut(f.path, f"its diff has {chars:,} characters, over "
+                                        f"--max-file-chars {max_file_chars:,}"))
+            continue
+        parts = split([f], max_chars)
+        if len(chunks) + len(parts) > max_chunks:
+            left.append(LeftOut(f.path, f"past --max-chunks {max_chunks:,} (the review "
+                                        f"had {len(chunks):,} parts; this file needs "
+                                        f"{len(parts):,})"))
+            continue
+        chunks += parts
+    return chunks, left
 
 
 def _cut(hunk: Hunk, max_chars: int) -> list[Hunk]:

@@ -52,6 +52,9 @@ def markdown(findings: list[Finding], summary: dict[str, Any]) -> str:
     if summary.get("failed"):
         lines.append(f"\n**{summary['failed']} part(s) could not be reviewed** "
                      "(every member failed).")
+    if summary.get("left_out"):
+        lines.append(f"\n**{len(summary['left_out'])} file(s) left out** of the review:")
+        lines += [f"- `{_cell(i['file'])}`: {_cell(i['reason'])}" for i in summary["left_out"]]
     if not findings:
         return "\n".join(lines) + "\n"
     lines += ["", "| | where | category | agreed by | finding |", "|---|---|---|---|---|"]

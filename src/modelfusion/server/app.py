@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from importlib import resources
 from typing import Any
 
@@ -25,6 +25,7 @@ from starlette.types import Receive, Scope, Send
 from ..config import DEFAULT_LOCAL_PRESET, Config, parse_spec
 from ..errors import UsageError
 from ..fusion import DEPTH_HEADER, ProviderPool
+from ..providers.base import warm
 from ..traces.schema import AmbiguousTraceId
 from .auth import check_bearer
 from .errors import ApiError, internal_error
@@ -95,6 +96,9 @@ def create_app(config: Config, store: TraceSink | None = None,
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # Before the first request: the openai SDK's import and each client's set-up took
+        # seconds on the event loop of the first burst (issue 12, item 13).
+        warm(pool.get, startup_providers(config))
         try:
             yield
         finally:
@@ -145,11 +149,17 @@ def create_app(config: Config, store: TraceSink | None = None,
     async def chat_completions(request: Request) -> Response:
         check_bearer(request, settings.api_keys)
         require_json(request)
-        raw = await read_body(request, settings.max_body_bytes)
-        req = parse_chat_request(raw)
-        depth = parse_depth(request.headers.get(DEPTH_HEADER), settings)
-        prepared = prepare(req, config, pool, settings, depth)
+        # Admission first: under a burst, a refusal costs no body read, parse or plan, so
+        # it goes out in milliseconds instead of queueing behind the admitted requests.
         slot = gate.acquire()
+        try:
+            depth = parse_depth(request.headers.getlist(DEPTH_HEADER), settings)
+            raw = await read_body(request, settings.max_body_bytes, settings.body_timeout_s)
+            req = parse_chat_request(raw, max_messages=settings.max_messages)
+            prepared = prepare(req, config, pool, settings, depth)
+        except BaseException:
+            slot.release()
+            raise
         if req.stream:
             return SSEResponse(service.stream(prepared), on_close=slot.release)
         try:
@@ -183,7 +193,7 @@ def create_app(config: Config, store: TraceSink | None = None,
                            code="trace_not_found")
         return dict(record.to_dict())
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def index() -> FileResponse:
         return FileResponse(str(STATIC / "index.html"), headers=PAGE_HEADERS)
 
@@ -207,6 +217,25 @@ async def _read(fn: Callable[[Any], Any], arg: Any) -> Any:
         log.warning("trace store read failed: %s", e)
         raise ApiError(503, "the trace store cannot be read right now",
                        code="store_unavailable") from None
+
+
+def startup_providers(config: Config) -> list[str]:
+    """The providers the presets use, built when the server starts; not `local` ones
+    (llama.cpp and its models load when a request needs them)."""
+    names: set[str] = set()
+    presets = list(config.presets.values())
+    with suppress(UsageError):  # a default_preset that does not exist: requests say so
+        presets.append(config.default())
+    for preset in presets:
+        specs = [*preset.models, preset.judge, preset.options.get("fallback_judge")]
+        for spec in specs:
+            if isinstance(spec, str):
+                try:
+                    names.add(parse_spec(spec).provider)
+                except UsageError:
+                    continue
+    kinds = {n: config.providers[n].kind for n in names if n in config.providers}
+    return sorted(n for n, kind in kinds.items() if kind != "local")
 
 
 def model_list(config: Config, allowed: frozenset[str] | None = None) -> list[dict[str, Any]]:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from starlette.requests import Request
 
 from .errors import ApiError
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes `limit` bytes.
+async def read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The request body, refused with 413 as soon as it passes `limit` bytes, and with 408
+    if it has not all arrived within `timeout` seconds (a client that sends a byte now and
+    then must not hold a connection and a fusion slot for ever).
 
     Content-Length is checked first so an honest oversized upload is refused before it is
     read; a chunked (or lying) one is cut off while it streams in.
@@ -24,11 +28,16 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise _too_large(limit)
     parts: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        parts.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit)
+                parts.append(chunk)
+    except TimeoutError:
+        raise ApiError(408, f"the request body did not arrive within {timeout:g} s",
+                       code="request_timeout", headers={"Connection": "close"}) from None
     return b"".join(parts)
 
 

@@ -36,9 +36,15 @@ class Prepared:
     passthrough: bool  # one member, no judge: its tokens can be streamed as they come
 
 
-def parse_depth(value: str | None, settings: ServerSettings) -> int:
-    if value is None:
+def parse_depth(values: list[str], settings: ServerSettings) -> int:
+    """The incoming X-Fusion-Depth (every value of it: a second one, which a proxy could
+    have added or a client smuggled past one, is refused rather than one of them chosen)."""
+    if not values:
         return 0
+    if len(values) > 1:
+        raise bad_request(f"{DEPTH_HEADER} was sent {len(values)} times: send it once",
+                          DEPTH_HEADER, "invalid_header")
+    value = values[0]
     try:
         depth = int(value)
     except ValueError:

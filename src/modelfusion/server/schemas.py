@@ -7,6 +7,7 @@ field (`param`, a dotted path such as `fusion.models[1]`) the way OpenAI's error
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from typing import Any
 
 from ..options import REQUEST_OPTIONS, RULES
 from ..types import FusionResult, Message, Usage
-from .errors import bad_request
+from .errors import ApiError, bad_request
 
 # Fusion options a request may set in `fusion` (besides models/judge/mode), and their types,
 # from the one table (options.py). `depth` is not one: the server sets it from
@@ -28,6 +29,11 @@ STANDARD_OPTIONS = {"temperature": "temperature", "max_tokens": "max_tokens",
 UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "logprobs",
                "top_logprobs", "audio", "modalities", "prediction")
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+# The default for ServerSettings.max_messages: OpenAI's own limit on `messages`.
+MAX_MESSAGES = 2048
+# A JSON escape of a UTF-16 surrogate: the only way a body that is valid UTF-8 can carry a
+# lone surrogate (json.loads pairs the valid ones into one character).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 @dataclass(slots=True)
@@ -44,13 +50,24 @@ class ChatRequest:
     params: dict[str, str] = field(default_factory=dict)
 
 
-def parse_chat_request(raw: bytes) -> ChatRequest:
+def parse_chat_request(raw: bytes, *, max_messages: int = MAX_MESSAGES) -> ChatRequest:
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: absurd nesting
         raise bad_request("the body is not valid JSON", None, "invalid_json") from None
     if not isinstance(body, dict):
         raise bad_request("the body must be a JSON object", None, "invalid_json")
+    if _SURROGATE_ESCAPE.search(raw):
+        try:
+            _refuse_lone_surrogates(body, "")
+        except RecursionError:  # nested nearly as deep as json.loads allows
+            raise bad_request("the body is nested too deeply", None, "invalid_json") from None
+    messages = body.get("messages")
+    if isinstance(messages, list) and len(messages) > max_messages:
+        # Checked before anything looks at them: every member call handles every message.
+        raise bad_request(f"'messages' has {len(messages):,} entries: at most {max_messages:,} "
+                          "per request on this server (send a shorter conversation)",
+                          "messages", "too_many_messages")
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         raise bad_request("'model' is required: fusion, fusion/<preset> or provider:model",
@@ -86,6 +103,36 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
             raise bad_request("'fusion' must be an object", "fusion")
         _apply_fusion_object(req, fusion, "fusion", aliases={})
     return req
+
+
+def _refuse_lone_surrogates(value: Any, where: str) -> None:
+    """400 naming the first string holding half a UTF-16 surrogate pair: no text encoder
+    downstream (the upstream request, the trace store, the response) can write it."""
+    if isinstance(value, str):
+        if not _encodable(value):
+            raise _lone_surrogate(where)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _refuse_lone_surrogates(item, f"{where}[{i}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if not _encodable(key):  # the key itself cannot be named: name where it is
+                raise _lone_surrogate(where, "a key in ")
+            _refuse_lone_surrogates(item, f"{where}.{key}" if where else key)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _lone_surrogate(where: str, what: str = "") -> ApiError:
+    field = f"{what}{where or 'the body'}"
+    return bad_request(f"{field} holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff "
+                       "escape): send valid Unicode text", where or None, "invalid_unicode")
 
 
 def _messages(raw: Any) -> list[Message]:

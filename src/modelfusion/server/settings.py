@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 from ..config import Config, parse_spec
 from ..options import MAX_TOKENS
+from .schemas import MAX_MESSAGES
 
 API_KEYS_ENV = "FUSION_API_KEYS"
 
@@ -19,10 +20,20 @@ class ServerSettings:
     api_keys: tuple[str, ...] = ()
     max_concurrent: int = 64  # fusions in flight; the next one gets 429
     max_body_bytes: int = 1 << 20  # 1 MiB
+    # Entries in `messages` (OpenAI's own limit): each member call handles every one, so
+    # this bounds a request's work where the body limit alone does not (20,000 empty
+    # messages fit in 660 KB).
+    max_messages: int = MAX_MESSAGES
     max_members: int = 8  # panel seats a request may ask for (model*N counts N)
     max_tokens_cap: int = 16_384  # per member answer; also the default when none is set
     max_depth: int = 3  # X-Fusion-Depth at or above this is refused (a loop of servers)
     retry_after_s: int = 1  # Retry-After on 429
+    # Slow clients (server/transport.py, limits.read_body): a connection gets this long to
+    # send its request headers, a request this long to send its body (else 408); past
+    # max_connections open connections a new one is answered 503 and closed.
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    max_connections: int = 1024
     # Providers a request may name in model / fusion.models / judge. None: every configured
     # provider (the loopback default); `fusion serve` on another interface defaults to
     # `default_allowed_providers(config)`. Presets may use any provider either way.
@@ -36,10 +47,15 @@ class ServerSettings:
     cors_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        for name in ("max_concurrent", "max_body_bytes", "max_members", "max_tokens_cap",
-                     "max_depth", "retry_after_s"):
+        for name in ("max_concurrent", "max_body_bytes", "max_messages", "max_members",
+                     "max_tokens_cap", "max_depth", "retry_after_s", "max_connections"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        for name in ("header_timeout_s", "body_timeout_s"):
+            if not 0 < getattr(self, name) <= 3600:
+                raise ValueError(f"{name} must be more than 0 and at most 3600 seconds")
+        if self.max_connections < self.max_concurrent:  # each fusion holds a connection
+            raise ValueError("max_connections must be at least max_concurrent")
         if self.max_tokens_cap > MAX_TOKENS:  # the engine would refuse every request
             raise ValueError(f"max_tokens_cap must be at most {MAX_TOKENS}")
         for host in self.allowed_hosts or ():

@@ -21,8 +21,10 @@ DONE = b"data: [DONE]\n\n"
 
 
 def _dumps(obj: Any) -> str:
-    # One line per frame: json.dumps escapes newlines inside strings.
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    # One line per frame, whatever reads it: ASCII only, so that no character a reader may
+    # take for a line break (U+2028, U+2029, U+0085, as str.splitlines() and JavaScript
+    # do) reaches the wire unescaped; json.dumps escapes \n and \r anyway.
+    return json.dumps(obj, ensure_ascii=True, separators=(",", ":"))
 
 
 def data(obj: Any) -> bytes:
