@@ -1,4 +1,5 @@
-"""`fusion eval DATASET`: solo members, fused modes and self-fusion on the same problems."""
+"""`fusion eval DATASET`: solo members, fused modes and self-fusion on the same tasks
+(HumanEval problems, or output-prediction questions built from them: evals/suite.py)."""
 
 from __future__ import annotations
 
@@ -13,32 +14,36 @@ from rich.console import Console
 from rich.table import Table
 
 from ..config import load_config
-from ..evals import dataset, report
+from ..errors import UsageError
+from ..evals import dataset, report, suite
 from ..evals.configs import build_configs, self_fusion_note
-from ..evals.grade import MEMORY_MB, TIMEOUT_S
 from ..evals.runner import Runner
 from ..evals.store import RunDir
 from ..plan import ADAPTIVE_OPTIONS, select
 from .common import EFFORT_HELP, handle_errors, safe
-from .eval_progress import EvalProgress
+from .eval_progress import BuildBar, EvalProgress
 
 # Embedded models are slow on small CPUs: an eval waits for them rather than scoring a
 # timeout as a wrong answer. Recorded in settings.json.
 EVAL_TIMEOUT_S = 600.0
 EVAL_DEADLINE_S = 1800.0
-DEFAULT_MAX_TOKENS = 512
 
 HELP = (
-    "Measure fusion against its own members on a code benchmark (HumanEval).\n\n"
-    "Runs, on the same problems: each distinct member model alone (solo), the first listed "
+    "Measure fusion against its own members on ground truth: DATASET is humaneval (code: "
+    "complete the function, graded by its hidden tests) or outputs (text: \"What does "
+    "`f(3, [1, 2])` return?\", questions built from HumanEval's tests and graded exactly "
+    "against what the canonical solution returns; --limit then counts questions).\n\n"
+    "Runs, on the same tasks: each distinct member model alone (solo), the first listed "
     "model alone at temperature 0 (solo M t=0: greedy, the baseline to beat), the panel "
     "fused in each --mode (adaptive with --max-samples / --effort), and a self-fusion "
     "baseline (the judge's model sampled as many times as the panel has members). "
     "Candidate code runs against the hidden tests in a sandboxed "
-    "child process. Writes records.jsonl, settings.json, results.json, results.md and "
+    "child process; an outputs answer must be the Python value itself (type-exact: True is "
+    "not 1). Writes records.jsonl, settings.json, results.json, results.md and "
     "chart.png to --out; run the same command again to resume an interrupted run.\n\n"
     "\b\nExamples:\n"
     "  fusion eval humaneval --limit 3 --every 40 --mode best-of --mode merge\n"
+    "  fusion eval outputs --every 4 --mode vote --mode best-of --self-fusion none\n"
     "  fusion eval humaneval --every 4 --out runs/he41 -m 'openai:gpt-4o-mini*2' \\\n"
     "      -m openrouter:meta-llama/llama-3.3-70b-instruct --judge openai:gpt-4o --mode merge"
 )
@@ -59,10 +64,11 @@ def register(app: typer.Typer) -> None:
     @app.command("eval", help=HELP)
     @handle_errors
     def eval_command(
-        name: Annotated[str, typer.Argument(metavar="DATASET", help="humaneval")],
-        limit: Annotated[int | None, typer.Option(help="Run the first N problems (after "
-                                                  "--every).")] = None,
-        every: Annotated[int, typer.Option(help="Take every K-th problem (1 = all).")] = 1,
+        name: Annotated[str, typer.Argument(metavar="DATASET", help="humaneval | outputs")],
+        limit: Annotated[int | None, typer.Option(help="Run the first N problems (outputs: "
+                                                  "questions), after --every.")] = None,
+        every: Annotated[int, typer.Option(help="Take every K-th HumanEval problem (1 = "
+                                           "all; outputs: their questions).")] = 1,
         out: Annotated[Path | None, typer.Option(help="Run folder (default ./fusion-eval/"
                                                  "DATASET); reused to resume.")] = None,
         model: Annotated[list[str] | None, typer.Option(
@@ -76,8 +82,9 @@ def register(app: typer.Typer) -> None:
             "the judge's model × the panel's size).")] = None,
         seed: Annotated[int, typer.Option(help="Base seed; problem k uses seed + k.")] = 0,
         max_tokens: Annotated[int | None, typer.Option(help="Max tokens per member answer "
-                                                       f"(default: the preset's, else "
-                                                       f"{DEFAULT_MAX_TOKENS}).")] = None,
+                                                       "(default: the preset's, else 512 "
+                                                       "for humaneval, 128 for outputs)."
+                                                       )] = None,
         temperature: Annotated[float | None, typer.Option(help="Members' temperature.")]
         = None,
         max_samples: Annotated[int | None, typer.Option(
@@ -98,7 +105,10 @@ def register(app: typer.Typer) -> None:
             "live.")] = True,
     ) -> None:
         err = Console(stderr=True)
-        problems = dataset.select(dataset.load(name), every=every, limit=limit)
+        chosen_suite = suite.get(name)
+        # --limit counts tasks (questions for outputs); checked now, applied once they exist
+        problems = dataset.select(dataset.load("humaneval"), every=every, limit=None)
+        suite.first([], limit)
         report.require_matplotlib()
         cfg = load_config(config, offline=offline or None)
         # The panel, judge, mode and options as `fusion ask` would resolve them (plan.py);
@@ -110,7 +120,7 @@ def register(app: typer.Typer) -> None:
         panel, judge_spec = chosen.models, chosen.judge
         modes = list(mode or [chosen.mode])
         options: dict[str, Any] = chosen.options
-        options.setdefault("max_tokens", DEFAULT_MAX_TOKENS)
+        options.setdefault("max_tokens", chosen_suite.max_tokens)
         if temperature is not None:
             options["temperature"] = temperature
         options.pop("seed", None)  # per problem, below
@@ -122,36 +132,45 @@ def register(app: typer.Typer) -> None:
         if note:
             err.print(safe(f"note: {note}"))
 
-        run_dir = RunDir(out or Path("fusion-eval") / name.lower())
-        runner = Runner(configs=configs, problems=problems, run_dir=run_dir, config=cfg,
-                        options=options, seed=seed, replay=replay, records={})
+        run_dir = RunDir(out or Path("fusion-eval") / chosen_suite.name)
+        runner = Runner(configs=configs, tasks=[], run_dir=run_dir, config=cfg,
+                        options=options, seed=seed, replay=replay, records={},
+                        suite=chosen_suite)
         # Every config is resolved (specs, keys, modes, local models) before anything runs.
         fusions = {c.name: runner.fusion(c) for c in configs}
+        with BuildBar(err, chosen_suite.name) as bar:
+            tasks = asyncio.run(chosen_suite.tasks(problems, on_progress=bar))
+        tasks = suite.first(tasks, limit)
+        if not tasks:
+            raise UsageError(f"no {chosen_suite.unit} in the selected problems; use a "
+                             "smaller --every")
+        runner.tasks = tasks
         run_dir.prepare(fresh=fresh)
         common = {
-            "dataset": name.lower(), "prompt_template": dataset.PROMPT_TEMPLATE,
-            "seed": seed, "seed_rule": "seed + problem number (HumanEval/k -> seed + k)",
+            "dataset": chosen_suite.name, "prompt_template": chosen_suite.prompt_template,
+            "seed": seed, "seed_rule": chosen_suite.seed_rule,
             "fusion_options": options, "replay": replay,
-            "grader": {"timeout_s": TIMEOUT_S, "memory_mb": MEMORY_MB},
+            "grader": chosen_suite.grader_settings(),
         }
         described = {
             c.name: {**c.describe(), "seats": [
                 {"label": s.label, "temperature": s.params.temperature,
                  "seed_offset": (s.params.seed or 0) - seed} for s in fusions[c.name].plan.seats]}
             for c in configs}
-        info = {"dataset": name.lower(), "task_ids": [p.task_id for p in problems],
+        info = {"dataset": chosen_suite.name, "task_ids": [t.task_id for t in tasks],
                 "every": every, "limit": limit, "versions": _versions()}
         settings = run_dir.check_settings(common, described, info)
         runner.records = run_dir.load_records()
-        task_ids = [p.task_id for p in problems]
+        task_ids = [t.task_id for t in tasks]
 
         from .local import prepare as prepare_local_models
 
         for fusion in fusions.values():
             prepare_local_models(fusion, err)
         todo = runner.pending()
-        err.print(safe(f"{len(problems)} problems × {len(configs)} configs → {run_dir.path} "
-                       f"({todo} to run, {len(problems) * len(configs) - todo} already done)"))
+        err.print(safe(f"{len(tasks)} {chosen_suite.unit} × {len(configs)} configs → "
+                       f"{run_dir.path} ({todo} to run, {len(tasks) * len(configs) - todo} "
+                       "already done)"))
 
         def write_results() -> list[Any]:
             return report.write(run_dir, settings, task_ids, runner.records)

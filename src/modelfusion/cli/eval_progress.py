@@ -11,8 +11,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..evals.configs import EvalConfig
-from ..evals.dataset import Problem
 from ..evals.record import EvalRecord
+from ..evals.suite import Task
 from ..text import printable
 from .common import safe
 
@@ -63,7 +63,7 @@ class EvalProgress:
             table.add_row(safe(cfg.name), f"pass@1 {pct}", f"[dim]{passed}/{n}[/dim]")
         return table
 
-    def start(self, cfg: EvalConfig, problem: Problem) -> None:
+    def start(self, cfg: EvalConfig, problem: Task) -> None:
         self._bar.update(self._task, description=printable(f"{problem.task_id} · {cfg.name}"))
 
     def record(self, record: EvalRecord) -> None:
@@ -76,3 +76,35 @@ class EvalProgress:
                 f"[{self._done()}/{self.total}] {record.task_id} · {record.config}: "
                 f"{status}, {record.latency_ms / 1000:.1f} s · pass@1 so far "
                 f"{passed}/{n}"), soft_wrap=True)
+
+
+class BuildBar:
+    """Progress while a suite prepares its tasks (outputs: the canonical solutions run once
+    per problem, then cached). Silent when nothing is built; a bar on a terminal, a line
+    every BUILD_LINE_EVERY problems otherwise. Use as a callback inside `with`."""
+
+    BUILD_LINE_EVERY = 10
+
+    def __init__(self, console: Console, name: str) -> None:
+        self.console = console
+        self.name = name
+        self._bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(),
+                             MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+                             transient=True, disable=not console.is_terminal)
+        self._task: Any = None
+
+    def __enter__(self) -> BuildBar:
+        self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.__exit__(None, None, None)
+
+    def __call__(self, done: int, total: int, task_id: str) -> None:
+        if self._task is None:
+            self._task = self._bar.add_task(f"building {self.name} questions", total=total)
+        self._bar.update(self._task, completed=done)
+        if not self.console.is_terminal and (done % self.BUILD_LINE_EVERY == 0
+                                             or done == total):
+            self.console.print(safe(f"building {self.name} questions: {done}/{total} "
+                                    f"problems ({task_id})"), soft_wrap=True)

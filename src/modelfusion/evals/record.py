@@ -35,17 +35,24 @@ class EvalMember:
     error: str | None = None  # the grade's error kind (evals/grade.py), when graded
     latency_ms: float = 0.0
     tokens: Usage = field(default_factory=Usage)
+    # The member's own answer, kept where answers are short (outputs): what shows whether a
+    # fused answer was a member's, and which. None (and no key): not kept (humaneval).
+    answer: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "status": self.status, "reason": self.reason,
-                "passed": self.passed, "error": self.error, "latency_ms": self.latency_ms,
-                "tokens": _tokens(self.tokens)}
+        out = {"model": self.model, "status": self.status, "reason": self.reason,
+               "passed": self.passed, "error": self.error, "latency_ms": self.latency_ms,
+               "tokens": _tokens(self.tokens)}
+        if self.answer is not None:
+            out["answer"] = self.answer
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> EvalMember:
         return cls(model=d.get("model", ""), status=d.get("status", ""),
                    reason=d.get("reason"), passed=d.get("passed"), error=d.get("error"),
-                   latency_ms=d.get("latency_ms", 0.0), tokens=_usage(d.get("tokens")))
+                   latency_ms=d.get("latency_ms", 0.0), tokens=_usage(d.get("tokens")),
+                   answer=d.get("answer"))
 
 
 @dataclass(slots=True, kw_only=True)

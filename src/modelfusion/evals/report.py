@@ -14,6 +14,7 @@ from .metrics import ConfigSummary, add_ratios, summarise
 from .record import EvalRecord
 from .store import RunDir
 
+UNITS = {"outputs": "questions"}  # what a task is called in results.md (else problems)
 KIND_ORDER = {"solo": 0, "greedy": 1, "fused": 2, "self": 3}
 LATENCY_NOTE = (
     "latency = the fusion's measured wall time + the recorded latency of the calls it "
@@ -57,7 +58,8 @@ def write(run_dir: RunDir, settings: Mapping[str, Any], task_ids: Sequence[str],
     }
     results["paths"] = decision_paths(rows, ref, task_ids, records)
     atomic_write(run_dir.path / "results.json", json.dumps(results, indent=2) + "\n")
-    atomic_write(run_dir.path / "results.md", markdown(rows, ref, len(task_ids))
+    unit = UNITS.get(settings["dataset"], "problems")
+    atomic_write(run_dir.path / "results.md", markdown(rows, ref, len(task_ids), unit)
                  + paths_markdown(results["paths"]))
     atomic_write(run_dir.path / "chart.png", chart(rows))
     return rows
@@ -139,12 +141,13 @@ HEADERS = ["config", "n", "pass@1", "Δ pts", "tokens/problem", "cost/problem",
            "latency p50", "latency mean", "latency ×", "tokens ×", "cost ×"]
 
 
-def markdown(rows: Sequence[ConfigSummary], ref: ConfigSummary | None, n_problems: int) -> str:
+def markdown(rows: Sequence[ConfigSummary], ref: ConfigSummary | None, n_problems: int,
+             unit: str = "problems") -> str:
     lines = [f"| {' | '.join(HEADERS)} |", f"|{'---|' * len(HEADERS)}"]
     lines += [f"| {' | '.join(cells)} |" for cells in table_rows(rows)]
     note = (f"\nΔ and × are against the best solo member ({ref.name}). "
             if ref else "\nNo solo member finished a problem yet: no ratios. ")
-    note += (f"{n_problems} problems selected; n is how many each config has finished. "
+    note += (f"{n_problems} {unit} selected; n is how many each config has finished. "
              f"{LATENCY_NOTE}\n")
     return "\n".join(lines) + "\n" + note
 

@@ -1,7 +1,7 @@
-"""The eval loop: problem-major (each problem through every config before the next), so a
-partial run still compares every config on the same problems. Every config runs through
-one `Fusion`, built once and run once per problem with that problem's seed; this module
-only chooses what to run, grades it and records it.
+"""The eval loop: task-major (each task through every config before the next), so a
+partial run still compares every config on the same tasks. Every config runs through
+one `Fusion`, built once and run once per task with its problem's seed; this module
+only chooses what to run, has the suite grade it (suite.py) and records it.
 """
 
 from __future__ import annotations
@@ -18,32 +18,33 @@ from ..errors import AllMembersFailed, BudgetExceeded
 from ..fusion import Fusion, ProviderPool
 from ..types import FusionResult, MemberResult, spent
 from .configs import EvalConfig
-from .dataset import Problem
-from .grade import Grade, candidate_code, grade
+from .grade import Grade
 from .record import EvalMember, EvalRecord
 from .replay import TALLY, CallCache, LivePool, ReplayPool, ReplayTally
 from .store import RunDir
+from .suite import HumanEvalSuite, Suite, Task
 
 RecordHook = Callable[[EvalRecord], None]
 
 
-def problem_seed(seed: int, problem: Problem) -> int:
+def problem_seed(seed: int, problem: Task) -> int:
     """Per-problem seed: fixed by the problem's own number, whatever subset is run, so a
-    replayed call is the sample a live run would draw."""
+    replayed call is the sample a live run would draw (an outputs question: its problem's)."""
     return seed + problem.number
 
 
 @dataclass(kw_only=True)
 class Runner:
     configs: list[EvalConfig]
-    problems: list[Problem]
+    tasks: list[Task]
     run_dir: RunDir
     config: Config
     options: dict[str, Any]
     seed: int
     replay: bool
     records: dict[tuple[str, str], EvalRecord]
-    on_start: Callable[[EvalConfig, Problem], None] | None = None
+    suite: Suite = field(default_factory=HumanEvalSuite)
+    on_start: Callable[[EvalConfig, Task], None] | None = None
     on_record: RecordHook | None = None
     on_problem: Callable[[], object] | None = None
     _grades: dict[tuple[str, str], Grade] = field(default_factory=dict, init=False)
@@ -51,8 +52,8 @@ class Runner:
     _pool: ProviderPool | None = field(default=None, init=False)
 
     def pending(self) -> int:
-        return sum((c.name, p.task_id) not in self.records
-                   for p in self.problems for c in self.configs)
+        return sum((c.name, t.task_id) not in self.records
+                   for t in self.tasks for c in self.configs)
 
     @property
     def pool(self) -> ProviderPool:
@@ -80,7 +81,7 @@ class Runner:
         pool = self.pool
         try:
             with self.run_dir.appender() as writer:
-                for problem in self.problems:
+                for problem in self.tasks:
                     ran = False
                     for cfg in self.configs:
                         if (cfg.name, problem.task_id) in self.records:
@@ -98,7 +99,7 @@ class Runner:
         finally:
             await pool.aclose()
 
-    async def _one(self, cfg: EvalConfig, problem: Problem) -> EvalRecord:
+    async def _one(self, cfg: EvalConfig, problem: Task) -> EvalRecord:
         seed = problem_seed(self.seed, problem)
         fusion = self.fusion(cfg)
         tally = ReplayTally()
@@ -123,7 +124,8 @@ class Runner:
         return EvalRecord(
             config=cfg.name, task_id=problem.task_id, seed=seed,
             passed=verdict.passed, error=verdict.error, error_detail=verdict.detail,
-            answer=answer, code=candidate_code(answer) if answer else "", tokens=usage,
+            answer=answer, code=self.suite.graded(problem, answer) if answer else "",
+            tokens=usage,
             cost=result.cost if result is not None else None,
             latency_ms=round(fusion_ms + tally.replayed_ms, 1),
             fusion_ms=round(fusion_ms, 1), replayed_ms=round(tally.replayed_ms, 1),
@@ -132,20 +134,22 @@ class Runner:
             reason=result.reason if result is not None else str(failure),
             judge_status=result.judge.status if result is not None else None,
             judge_reason=result.judge.reason if result is not None else None,
-            members=[_member(m, g) for m, g in zip(members, member_grades, strict=True)],
+            members=[_member(m, g, keep=self.suite.member_answers)
+                     for m, g in zip(members, member_grades, strict=True)],
             compute=result.compute if result is not None else None,
         )
 
-    async def _grade(self, problem: Problem, answer: str | None) -> Grade:
+    async def _grade(self, problem: Task, answer: str | None) -> Grade:
         if answer is None:
             return Grade(False, "no_answer")
         key = (problem.task_id, hashlib.sha256(answer.encode()).hexdigest())
         if key not in self._grades:  # solo and panel often give the very same answer
-            self._grades[key] = await grade(problem, answer)
+            self._grades[key] = await self.suite.grade(problem, answer)
         return self._grades[key]
 
 
-def _member(m: MemberResult, g: Grade) -> EvalMember:
+def _member(m: MemberResult, g: Grade, *, keep: bool) -> EvalMember:
     return EvalMember(model=m.model, status=m.status, reason=m.reason,
                       passed=g.passed if m.ok else None, error=g.error if m.ok else None,
-                      latency_ms=round(m.latency_ms, 1), tokens=m.usage)
+                      latency_ms=round(m.latency_ms, 1), tokens=m.usage,
+                      answer=m.content if keep and m.ok else None)
