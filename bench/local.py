@@ -291,14 +291,16 @@ async def _samples(provider: local.LocalProvider, model: str, n: int, max_tokens
 
 def _llama_batched_bench(binary: str, gguf: Path, prompt: int, tokens: int, n: int
                          ) -> dict[int, float]:
-    """llama.cpp's batched-bench, prompt shared: total seconds for 1 and n sequences."""
+    """llama.cpp's batched-bench, prompt shared: total seconds for 1 and n sequences.
+    --no-repack: as modelfusion loads models, without the extra (AMX, repacked) buffers
+    that fault on these VMs (docs/local.md, AMX)."""
     import json
     import subprocess
 
     out = subprocess.run(
         [binary, "-m", str(gguf), "-c", str(local.n_ctx()), "-b", "2048", "-ub", "512",
          "-npp", str(prompt), "-ntg", str(tokens), "-npl", f"1,{n}", "-pps",
-         "-t", str(local.n_threads()), "--output-format", "jsonl"],
+         "-t", str(local.n_threads()), "--no-repack", "--output-format", "jsonl"],
         capture_output=True, text=True, check=True, timeout=1800).stdout
     rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     return {int(r["pl"]): float(r["t"]) for r in rows}
