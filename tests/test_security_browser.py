@@ -91,12 +91,13 @@ def test_fusion_serve_checks_the_host_where_a_web_page_could_use_it():
 
 @pytest.fixture
 def started(monkeypatch: pytest.MonkeyPatch, server_config: Path) -> Callable[..., Any]:
-    """`fusion serve ARGS` through the real CLI up to uvicorn.run, which returns at once;
-    gives the app it was handed."""
+    """`fusion serve ARGS` through the real CLI up to uvicorn.Server.run, which returns at
+    once; gives the app its config was handed."""
     import uvicorn
 
     apps: list[Any] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: apps.append(app))
+    monkeypatch.setattr(uvicorn.Server, "run",
+                        lambda server, *a, **kw: apps.append(server.config.app))
 
     def run(*args: str) -> Any:
         result = CliRunner().invoke(cli_app, ["serve", "--config", str(server_config), *args])
