@@ -63,7 +63,7 @@ async def test_the_lead_passing_every_check_is_the_answer_and_nobody_else_is_ask
                                      stopped="lead_passed_checks", lead="fake:alpha")
     assert result.to_dict()["compute"] == {"max_samples": 4, "samples_used": 1, "stages": 1,
                                            "stopped": "lead_passed_checks",
-                                           "lead": "fake:alpha"}
+                                           "lead": "fake:alpha", "revised": 0}
     assert [m.model for m in result.members] == ["fake:alpha"]
     assert result.judge.status == "skipped" and result.checks is not None
     assert result.checks.passing == [0]
@@ -101,6 +101,50 @@ async def test_a_lead_failing_a_check_escalates_and_a_passing_candidate_wins(
     assert sum(e.type == "member_done" for e in events) == 4
     # The lead's code ran once (stage 1); stage 2 ran beta and alpha#2 (gamma has no code).
     assert len(programs) == 3
+
+
+async def test_samples_of_the_lead_revise_its_answer_told_the_checks_it_failed(
+        upstream, fake_config, programs):
+    # Execution feedback: alpha#2 sees the lead's answer and what its code did; beta, another
+    # model, answers the request afresh.
+    upstream.script("alpha", lambda req: CORRECT if len(req.body["messages"]) > 1 else WRONG)
+    upstream.script("beta", PROSE)
+    result = await run(fake_config, ["fake:alpha", "fake:beta"], mode="verified",
+                       max_samples=3, revise=True)
+    sent = {r.body.get("seed"): r.body["messages"] for r in upstream.requests}
+    assert sent[11] == [{"role": "user", "content": PROMPT}]  # the lead and beta
+    first, answer, note = sent[12]  # alpha#2 (seed + 1)
+    assert first == {"role": "user", "content": PROMPT}
+    assert answer == {"role": "assistant", "content": WRONG}
+    assert note["role"] == "user"
+    assert "failed 1:\n- `add_one([1, 2])`: expected `[2, 3]`, got `[1, 2]`" in note["content"]
+    assert "add_one([])" not in note["content"]  # it passed that one: not a failure
+    assert result.chosen == "fake:alpha#2" and result.answer == CORRECT
+    assert result.compute is not None and result.compute.revised == 1
+    assert result.compute.line() == "3 of 3 samples · budget spent · 1 revised the lead"
+
+
+async def test_revise_off_or_nothing_failed_sends_the_request_alone(upstream, fake_config):
+    upstream.script("alpha", WRONG)
+    off = await run(fake_config, ["fake:alpha"], mode="verified", max_samples=2)  # default
+    assert [len(r.body["messages"]) for r in upstream.requests] == [1, 1]
+    assert off.compute is not None and off.compute.revised == 0
+    # Example calls but no expected values: the lead failed nothing it could be told about.
+    upstream.reset()
+    upstream.script("alpha", WRONG)
+    await run(fake_config, ["fake:alpha"], mode="verified", max_samples=2, revise=True,
+              prompt='def add_one(xs):\n    """Add one to each item, as in add_one([1, 2])."""\n')
+    assert [len(r.body["messages"]) for r in upstream.requests] == [1, 1]
+
+
+async def test_a_lead_that_crashes_is_told_why(upstream, fake_config):
+    upstream.script("alpha", lambda req: "```python\ndef add_one(xs):\n    return xs[5] +\n```"
+                    if len(req.body["messages"]) == 1 else CORRECT)
+    result = await run(fake_config, ["fake:alpha"], mode="verified", max_samples=2,
+                       revise=True)
+    note = upstream.requests[-1].body["messages"][-1]["content"]
+    assert "SyntaxError" in note and "Reply with the complete corrected code" in note
+    assert result.answer == CORRECT
 
 
 async def test_a_request_with_nothing_to_run_keeps_the_lead(upstream, fake_config):

@@ -203,3 +203,21 @@ def test_one_broken_example_does_not_hide_the_others() -> None:
     """
 ''')
     assert [c.source for c in spec.checks] == ["strip_vowels('')", "strip_vowels('aaa')"]
+
+
+def test_list_markers_and_a_lone_equals_sign_are_example_lines() -> None:
+    # The two styles HumanEval/88 and /144 use: without them these requests had no checks.
+    spec = spec_of('''def sort_array(array):
+    """Examples:
+    * sort_array([]) => []
+    * sort_array([5]) => [5]
+    - sort_array([2, 1]) == [1, 2]
+    1. sort_array([3]) ➞ [3]
+    sort_array([1, 0]) = [0, 1]
+    find x such that sort_array(x) = 0
+    sort_array(x) = [0]
+    """
+''')
+    assert [(c.source, c.expected) for c in spec.checks] == [
+        ("sort_array([])", "[]"), ("sort_array([5])", "[5]"), ("sort_array([2, 1])", "[1, 2]"),
+        ("sort_array([3])", "[3]"), ("sort_array([1, 0])", "[0, 1]")]

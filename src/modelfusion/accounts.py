@@ -204,18 +204,24 @@ class Compute:
     # for stage 2)
     stopped: str
     lead: str  # the lead's label: the first listed model, asked first
+    # Stage 2's samples of the lead that were shown its answer and why it was not taken
+    # (the failing checks), to revise it; 0 when none were (`revise` off, or no feedback).
+    revised: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {"max_samples": self.max_samples, "samples_used": self.samples_used,
-                "stages": self.stages, "stopped": self.stopped, "lead": self.lead}
+                "stages": self.stages, "stopped": self.stopped, "lead": self.lead,
+                "revised": self.revised}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Compute:
         return cls(max_samples=int(d.get("max_samples", 0)),
                    samples_used=int(d.get("samples_used", 0)), stages=int(d.get("stages", 0)),
-                   stopped=str(d.get("stopped", "")), lead=str(d.get("lead", "")))
+                   stopped=str(d.get("stopped", "")), lead=str(d.get("lead", "")),
+                   revised=int(d.get("revised", 0)))
 
     def line(self) -> str:
         """`1 of 4 samples · lead passed checks`."""
+        revised = f" · {self.revised} revised the lead" if self.revised else ""
         return (f"{self.samples_used} of {self.max_samples} samples · "
-                f"{self.stopped.replace('_', ' ')}")
+                f"{self.stopped.replace('_', ' ')}{revised}")

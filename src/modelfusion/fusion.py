@@ -190,7 +190,8 @@ class Fusion:
                                rubric=plan.rubric, memo=memo)
 
         if plan.first is None:  # every seat at once
-            results = await self._stage(panel, members, messages, panel_end, budget)
+            results = await self._stage(panel, [(m, messages) for m in members], panel_end,
+                                        budget)
             panel_s, compute, ctx = time.monotonic() - started, None, None
         else:
             results, panel_s, compute, ctx = await self._adaptive(
@@ -244,12 +245,12 @@ class Fusion:
         started = time.monotonic()
         # Stage 1 waits for all of its (one or two) members: the acceptance rule reads them
         # together; the quorum counts from there on.
-        results = await self._stage(panel.with_quorum(None), members[:plan.first], messages,
-                                    end, budget)
+        results = await self._stage(panel.with_quorum(None),
+                                    [(m, messages) for m in members[:plan.first]], end, budget)
         panel_s = time.monotonic() - started
         ctx = context(results) if any(r.ok for r in results) else None
         stopped = await mode.accept.test(ctx) if ctx is not None else None
-        stages = 1
+        stages, revised = 1, 0
         if stopped is None:
             rest = members[plan.first:]
             if not rest:
@@ -260,19 +261,24 @@ class Fusion:
                 answered = sum(r.ok for r in results)
                 more = panel.with_quorum(max(1, opts.quorum - answered) if opts.quorum
                                          else None)
+                revision = await _revision(mode, ctx, messages)
+                calls = [(m, revision if revision and plan.seats[m.index].revises
+                          else messages) for m in rest]
+                revised = sum(1 for _, sent in calls if sent is revision)
                 stage_started = time.monotonic()
-                results = [*results, *await self._stage(more, rest, messages, end, budget)]
+                results = [*results, *await self._stage(more, calls, end, budget)]
                 panel_s += time.monotonic() - stage_started
                 stopped, stages, ctx = "budget_spent", 2, None
         compute = Compute(max_samples=opts.samples, samples_used=len(results), stages=stages,
-                          stopped=stopped, lead=members[0].label)
+                          stopped=stopped, lead=members[0].label, revised=revised)
         return results, panel_s, compute, ctx
 
     @staticmethod
-    async def _stage(panel: Panel, members: list[Member], messages: list[Message],
-                     end: float, budget: Budget) -> list[MemberResult]:
-        """Dispatch these members; a crossed budget ends the fusion with what was spent."""
-        results = await panel.run([(m, messages) for m in members], deadline_at=end)
+    async def _stage(panel: Panel, calls: list[tuple[Member, list[Message]]], end: float,
+                     budget: Budget) -> list[MemberResult]:
+        """Dispatch these members, each with its messages; a crossed budget ends the fusion
+        with what was spent."""
+        results = await panel.run(calls, deadline_at=end)
         if budget.active and budget.over():
             error = budget.error()
             error.members = results
@@ -292,6 +298,21 @@ class Fusion:
         provider, _ = self.pool.get(seat.provider)
         return JudgeSeat(seat.label, provider, seat.model, seat.params,
                          self.config.price(seat.label))
+
+
+async def _revision(mode: ModeSpec, ctx: ModeContext | None, messages: list[Message]
+                    ) -> list[Message] | None:
+    """Stage 2's conversation for the samples that revise the lead: the request, the lead's
+    answer, and the mode's feedback on it. None when the mode gives none (or the lead did
+    not answer)."""
+    assert mode.accept is not None
+    if ctx is None or mode.accept.feedback is None:
+        return None
+    lead = next((c for c in ctx.candidates if c.index == 0), None)
+    note = await mode.accept.feedback(ctx) if lead is not None else None
+    if lead is None or not note:
+        return None
+    return [*messages, Message("assistant", lead.content or ""), Message("user", note)]
 
 
 def _ignore(event: FusionEvent) -> None:

@@ -147,6 +147,12 @@ class FusionOptions:
     max_samples: int | None = _option(None, INT, minimum=1, maximum=MAX_MEMBERS, flag=True)
     # The same budget in words: EFFORT_SAMPLES says how many samples each level means.
     effort: str | None = _option(None, STR, choices=(*EFFORT_SAMPLES, EFFORT_OFF), flag=True)
+    # Adaptive compute's stage 2: the new samples of the lead see its answer and why the
+    # mode did not take it (verified: the visible checks it failed, with what its code
+    # did), and revise it — execution feedback, as in Self-Debugging (arXiv 2304.05128).
+    # Off by default: the embedded 1.5B mostly repeats its answer (docs/adaptive.md: 0 of
+    # 12 revisions passed where 3 of 12 fresh samples did); fresh samples answer afresh.
+    revise: bool = _option(False, BOOL)
     # Fusion depth of the incoming request: the server sets it from X-Fusion-Depth.
     depth: int = _option(0, INT, preset=False, request=False)
 

@@ -38,6 +38,9 @@ class Seat:
     model: str
     params: GenerationParams
     copy: int = 0  # which copy of a `model*N` spec: its seed is the fusion's seed + copy
+    # Adaptive compute's stage 2: this sample of the lead revises the lead's answer, told
+    # why the mode did not take it (the `revise` option), when the mode says why.
+    revises: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +206,8 @@ def _stages(specs: list[ModelSpec], seats: list[Seat], opts: FusionOptions, mode
     greedy (0). Stage 1 is the lead plus the samples of it the mode's acceptance rule asks
     for (the lead's own `*N` copies, then new ones). Stage 2 is the panel's other seats,
     then new samples of the lead (`spec#k`, as self-fusion copies: 0.7 unless a temperature
-    is set, seed + k), until `max_samples` candidates in all."""
+    is set, seed + k), until `max_samples` candidates in all. With `revise` on, stage 2's
+    samples of the lead model revise the lead's answer."""
     accept = MODES[mode].accept
     budget = opts.samples
     assert budget is not None
@@ -219,7 +223,9 @@ def _stages(specs: list[ModelSpec], seats: list[Seat], opts: FusionOptions, mode
     new = [_copy(head, k, opts) for k in range(head.count, head.count + budget)]
     samples = [*seats[1:head.count], *new]
     stage1 = [lead, *samples[:min(accept.first, budget) - 1]]
-    rest = [s for s in [*seats[1:], *new] if s not in stage1]
+    rest = [replace(s, revises=opts.revise and (s.provider, s.model) == (lead.provider,
+                                                                          lead.model))
+            for s in [*seats[1:], *new] if s not in stage1]
     return [*stage1, *rest[:budget - len(stage1)]], len(stage1)
 
 

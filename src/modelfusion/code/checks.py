@@ -7,7 +7,8 @@ Only the request's user messages are read — never anything else. Three kinds o
   `>>>` statement with no output (`>>> xs = [3, 1]`) is a setup step, run but not counted;
 - assert: `assert ...` statements at the top level of the request's code, or on a line of
   its prose (and `>>> expr == value` with no output line, as HumanEval writes some);
-- example: a line `name(args) == value` (also `=>`, `==>`, `➞`, `→`, `->`, `# returns`)
+- example: a line `name(args) == value` (also `=`, `=>`, `==>`, `➞`, `→`, `->`, `# returns`,
+  after a list marker such as `*` or `1.`)
   whose left side calls a function the request defines, with literal arguments, and whose
   right side is a Python literal (or `true`/`false`) — the style of many HumanEval
   docstrings (`is_multiply_prime(30) == True`).
@@ -49,7 +50,10 @@ MAX_CHARS = 100_000  # of each message: the parsing below must stay cheap on any
 _PARSE_BUDGET = 300_000
 
 _CODE_TAGS = PYTHON_TAGS | {"pycon"}  # a request may show its examples as a pycon session
-_ARROW = re.compile(r"^\s*(?P<lhs>[A-Za-z_]\w*\s*\(.*\))\s*(?:==>|=>|==|➞|→|->|#\s*returns?)"
+# A list marker may lead the line (`* f(x) => y`, `- f(x) == y`, `1. f(x) ➞ y`), and a lone
+# `=` separates the sides as often as `==` does in prose (`simplify("1/5", "5/1") = True`).
+_ARROW = re.compile(r"^\s*(?:[*\-•]\s+|\d{1,2}[.)]\s+)?(?P<lhs>[A-Za-z_]\w*\s*\(.*\))\s*"
+                    r"(?:==>|=>|==|=(?!=)|➞|→|->|#\s*returns?)"
                     r"\s*(?P<rhs>.+?)\s*[.,;]?\s*$")
 _CALL = re.compile(r"(?<![\w.])([A-Za-z_]\w*)\(")
 _WORDS = {"true": "True", "false": "False", "none": "None"}

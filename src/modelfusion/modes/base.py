@@ -81,10 +81,16 @@ class Acceptance:
     """A mode's rule for adaptive compute (docs/adaptive.md). Stage 1 is the lead (the
     first listed model) and `first - 1` samples of it; `test` reads stage 1's answered
     candidates and returns why they suffice (`compute.stopped`), or None: spend the rest of
-    the budget, then run the mode over every candidate."""
+    the budget, then run the mode over every candidate.
+
+    `feedback`, when stage 1 did not stand: why the lead's answer was not taken, as a
+    message to the lead model (verified: the checks its code failed). Stage 2's samples of
+    the lead are shown the lead's answer and this message, and revise it. None, or no
+    message: they answer the request afresh."""
 
     first: int
     test: Callable[[ModeContext], Awaitable[str | None]]
+    feedback: Callable[[ModeContext], Awaitable[str | None]] | None = None
 
 
 async def _samples_agree(ctx: ModeContext) -> str | None:

@@ -30,7 +30,8 @@ The decision rule (docs/verified.md):
 5. Adaptive compute (`max_samples`, docs/adaptive.md): the lead runs alone first and its
    answer stands when its code passes every visible check (there must be at least one), or
    when the request has nothing to run at all; otherwise the rest of the budget runs and
-   this rule applies to every candidate.
+   this rule applies to every candidate. Stage 2's samples of the lead model are shown the
+   lead's answer and the checks it failed (`lead_feedback`), and revise it.
 """
 
 from __future__ import annotations
@@ -83,8 +84,42 @@ async def lead_passes_checks(ctx: ModeContext) -> str | None:
     return "lead_passed_checks" if report.passing == [0] else None
 
 
+FEEDBACK_CHECKS = 4  # failing checks shown to the samples that revise the lead's answer
+
+
+async def lead_feedback(ctx: ModeContext) -> str | None:
+    """Why the lead's answer was not taken, for stage 2's samples that revise it: the
+    visible checks its code failed, with what the code did (execution feedback, as in
+    Self-Debugging, arXiv 2304.05128). None when it failed none (no checks at all)."""
+    spec = await _spec(ctx)
+    lead = [m for m in ctx.candidates if m.index == 0]
+    if not lead or not spec.total:
+        return None
+    report = await _check_all(ctx, spec, lead)
+    mine = report.candidates[0]
+    if mine.passed == mine.total:
+        return None
+    if mine.status != "ran":  # no code, a timeout, a crash: no check result to show
+        found = f"Your code could not be checked against the request's examples: {mine.error}."
+    else:
+        failed = [r for r in mine.results if not r.ok]
+        lines = [f"- `{r.check}`: expected `{r.expected}`, got `{r.actual}`"
+                 if r.expected is not None else f"- `{r.check}` failed: {r.actual}"
+                 for r in failed[:FEEDBACK_CHECKS]]
+        if len(failed) > FEEDBACK_CHECKS:
+            lines.append(f"- and {len(failed) - FEEDBACK_CHECKS} more")
+        if mine.error:
+            lines.insert(0, f"- loading it: {mine.error}")
+        found = (f"Your code was run on the request's {mine.total} examples and failed "
+                 f"{len(failed)}:\n" + "\n".join(lines))
+    return (f"{found}\n\nFind the mistake and fix it, so that every example in the request "
+            "gives its expected result. Reply with the complete corrected code in a single "
+            "```python code block.")
+
+
 # Even one candidate is run against the checks: the result says which it passed.
-@register("verified", shortcut=False, accept=Acceptance(first=1, test=lead_passes_checks))
+@register("verified", shortcut=False,
+          accept=Acceptance(first=1, test=lead_passes_checks, feedback=lead_feedback))
 async def verified(ctx: ModeContext) -> ModeOutcome:
     spec = await _spec(ctx)
     report = await _check_all(ctx, spec)
