@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from .errors import UsageError
 from .skills import Skill, resolve_skills
@@ -84,9 +84,10 @@ class Rule:
             return value in self.choices
         lo = self.minimum
         hi = n_members if self.up_to_members else self.maximum
-        if lo is not None and not (lo < value if self.above_minimum else lo <= value):
+        number = cast(float, value)  # only numeric options have bounds
+        if lo is not None and not (lo < number if self.above_minimum else lo <= number):
             return False
-        return hi is None or value <= hi
+        return hi is None or number <= hi
 
 
 def _number(x: float | None) -> str | None:

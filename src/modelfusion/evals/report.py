@@ -90,7 +90,8 @@ def decision_paths(rows: Sequence[ConfigSummary], ref: ConfigSummary | None,
         if s.kind not in ("fused", "self") or not s.n:
             continue
         counts: dict[str, list[int]] = {}
-        gained, lost = [], []
+        gained: list[str] = []
+        lost: list[str] = []
         for task in task_ids:
             record = records.get((s.name, task))
             if record is None:

@@ -55,7 +55,7 @@ def _prompt_tokens(llama: Any, messages: list[Message]) -> tuple[list[int], list
         bos_token=model.token_get_text(bos) if bos != -1 else "",
         stop_token_ids=[eos],
     )
-    result = formatter(messages=[m.to_dict() for m in messages])
+    result = formatter(messages=[m.to_dict() for m in messages])  # type: ignore[misc]
     tokens = llama.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special,
                             special=True)
     stop = result.stop if isinstance(result.stop, list) else [result.stop] if result.stop else []
