@@ -119,11 +119,21 @@ async def test_vote_counts_without_the_judge_when_answers_are_labels(upstream, f
     models = [*MEMBERS, "fake:delta-model"]
     upstream.script("delta-model", "Ship!")
     result = await run(make(fake_config, models, mode="vote"), "ship or hold?")
-    assert result.answer == "ship"
+    assert result.answer == "Ship"  # the first winner's own words, without the markup
     assert result.votes is not None and result.votes.summary == "ship: 3 of 4, 75 %"
     assert result.votes.split[1].to_dict() == {"label": "hold", "count": 1, "share": 0.25,
                                                "members": ["fake:gamma-model"]}
     assert upstream.calls("judge") == 0
+
+
+async def test_vote_answers_in_the_winners_own_case(upstream, fake_config):
+    # A Python value must come back as written: the label `true` is not `True`.
+    upstream.script("alpha-model", "`True`")
+    upstream.script("beta-model", "true.")
+    upstream.script("gamma-model", "False")
+    result = await run(make(fake_config, MEMBERS, mode="vote"), "bool('x')?")
+    assert result.answer == "True" and result.votes is not None
+    assert result.votes.winner == "true"
 
 
 async def test_vote_uses_the_judge_to_label_free_text_and_break_ties(upstream, fake_config):

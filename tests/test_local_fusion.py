@@ -44,12 +44,12 @@ def test_default_preset_is_the_local_panel_when_nothing_is_configured(tmp_path, 
     assert {s.provider for s in fusion.plan.seats} == {"local"}
     assert fusion.plan.judge.provider == "local"
     # The measured winner (docs/results.md): the 1.5B alone and greedy first, verified by
-    # the request's checks; the rest of a budget of 4 only when that does not stand.
+    # the request's checks; the rest of a budget of 8 only when that does not stand.
     plan = fusion.plan
-    assert plan.mode == "verified" and plan.options.max_samples == 4 and plan.first == 1
+    assert plan.mode == "verified" and plan.options.max_samples == 8 and plan.first == 1
     assert [s.label for s in plan.seats] == [
         "local:qwen2.5-coder-1.5b", "local:qwen2.5-coder-0.5b#1", "local:qwen2.5-coder-0.5b#2",
-        "local:qwen2.5-coder-1.5b#2"]
+        *(f"local:qwen2.5-coder-1.5b#{k}" for k in range(2, 7))]
     assert plan.seats[0].params.temperature == 0
     # `fusion review` asks for a mode with no acceptance rule: the preset's budget is
     # dropped for it, not refused.

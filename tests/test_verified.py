@@ -256,6 +256,18 @@ TypeError: unsupported
     assert wrong[0][1] == "'0.10.2'"
 
 
+async def test_a_parenthesised_value_also_matches_a_tuple_of_one():
+    # HumanEval/148 writes `bf("Earth", "Mercury") ==> ("Venus")` for the tuple ("Venus",).
+    prompt = 'def bf(a):\n    """\n    bf(1) ==> ("Venus")\n    bf(2) ==> ("V", "E")\n    """\n'
+    right = "def bf(a):\n    return ('Venus',) if a == 1 else ('V', 'E')\n"
+    assert [ok for ok, _ in await run_on(prompt, right)] == [True, True]
+    plain = "def bf(a):\n    return 'Venus' if a == 1 else ('V',)\n"
+    assert [ok for ok, _ in await run_on(prompt, plain)] == [True, False]
+    unwrapped = 'def bf(a):\n    return ("Venus",)\n'
+    assert [ok for ok, _ in await run_on('def bf(a):\n    """\n    bf(1) ==> "Venus"\n    """\n',
+                                         unwrapped)] == [False]
+
+
 async def test_a_candidate_main_block_and_prints_do_not_break_the_report():
     code = ("def add_one(xs):\n    print('debug', xs)\n    return [x + 1 for x in xs]\n\n"
             "print('loaded!')\nif __name__ == '__main__':\n    input()\n")

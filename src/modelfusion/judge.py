@@ -115,8 +115,12 @@ def normalise(text: str) -> str:
 
     The one notion of "the same answer": vote counts by it, and `nothing_to_judge` uses it
     to see that every candidate agrees."""
-    t = text.strip().strip("`*_ \n").lower()
-    t = _PREFIX.sub("", t)
+    return bare(text).lower()
+
+
+def bare(text: str) -> str:
+    """'**True.**' -> 'True': `normalise` without the lower case — a short answer as shown."""
+    t = _PREFIX.sub("", text.strip().strip("`*_ \n"))
     t = re.sub(r"\s+", " ", t)
     return t.strip(" .!?;:\"'*_`")
 

@@ -9,7 +9,7 @@ from collections import Counter
 from typing import Any
 
 from ..accounts import Votes, VoteSplit
-from ..judge import normalise
+from ..judge import bare, normalise
 from ..types import MemberResult
 from .base import (
     PICK_MAX_TOKENS,
@@ -98,4 +98,10 @@ async def vote(ctx: ModeContext) -> ModeOutcome:
     votes = Votes(winner=winner, split=split, total=total, tie=len(tied) > 1, summary=summary)
     # Say why no judge was asked (if none was), as the other modes do when they skip it.
     ctx.judge.skip("single_candidate" if total == 1 else "short_answers_no_tie")
-    return ModeOutcome(answer=winner, votes=votes, reason=summary)
+    # Short answers: the first winning member's own answer without markup, in its own case
+    # (a label is lower case, and `True` is not `true`). Free text the judge labelled: the
+    # label.
+    first = min(i for i, label in by_member.items() if label == winner)
+    text = bare(names[first].content or "")
+    answer = text if normalise(text) == winner else winner
+    return ModeOutcome(answer=answer, votes=votes, reason=summary)
