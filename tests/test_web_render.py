@@ -24,7 +24,8 @@ CODE = "def add(a, b):\n    return a + b\n"
 ALPHA = f"Use this:\n\n```python\n{CODE}```\n\nDone."
 BETA = ALPHA.replace("a + b", "a - b")
 HOSTILE = ("<script>window.pwned = 1</script>\n\n<img src=x onerror=\"window.pwned = 2\">\n\n"
-           "**bold** and [a link](javascript:window.pwned=3)")
+           "**bold** and [a link](javascript:window.pwned=3)\n\n"
+           "| left | right |\n|:--|--:|\n| 1 | 2 |\n")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 JUDGED = {**ANALYSIS, "consensus": ["all use `def add`"]}
 
@@ -73,6 +74,9 @@ def test_markdown_code_highlighting_copy_inert_html_and_the_diff(
     assert '<img src=x onerror="window.pwned = 2">' in gamma.inner_text()
     assert gamma.locator("script, img, a").count() == 0
     assert gamma.locator("strong", has_text="bold").count() == 1  # markdown still works
+    # Table alignment is a class: a style attribute would be a CSP violation.
+    assert gamma.locator("td.align-right", has_text="2").count() == 1
+    assert page.locator(".md [style]").count() == 0
     assert page.evaluate("() => window.pwned") is None
     assert page.locator("main [onerror], main img, main script").count() == 0
     # The judge's text is inline markdown too.

@@ -37,7 +37,7 @@ async function getJSON(url) {
 // ---------------------------------------------------------------- rendering, batched
 
 const columns = new Map(); // member index -> {root, badge, meta, text, raw, model}
-const answer = { raw: "" };
+const answer = { raw: "", streaming: false };
 const dirty = new Set(); // what to re-render on the next frame: columns and `answer`
 
 function paint(target) {
@@ -47,14 +47,15 @@ function paint(target) {
 
 function flushPaint() {
   for (const target of dirty) {
-    if (target === answer) $("answer").replaceChildren(renderMarkdown(answer.raw));
-    else target.text.replaceChildren(renderMarkdown(target.raw));
+    const nodes = renderMarkdown(target.raw, { streaming: target.streaming });
+    (target === answer ? $("answer") : target.text).replaceChildren(nodes);
   }
   dirty.clear();
 }
 
-function setAnswer(text) {
+function setAnswer(text, streaming = false) {
   answer.raw = text || "";
+  answer.streaming = streaming;
   paint(answer);
 }
 
@@ -79,7 +80,7 @@ function column(index, model) {
   const badge = el("span", { class: "badge" }, "waiting");
   const meta = el("div", { class: "meta" }, "–");
   const text = el("div", { class: "text md" });
-  col = { badge, meta, text, raw: "", model: model || `member ${index + 1}` };
+  col = { badge, meta, text, raw: "", streaming: false, model: model || `member ${index + 1}` };
   const copy = copyButton(() => col.raw, "Copy this answer");
   col.root = el("article", { class: "member", "data-member": index },
     el("header", {}, el("span", { class: "name" }, col.model), badge, copy), meta, text);
@@ -108,6 +109,7 @@ function showMember(r, index) {
   if (r.status === "ok") {
     setBadge(col, "ok");
     col.raw = r.content || "";
+    col.streaming = false;
     paint(col);
   } else {
     setBadge(col, r.status, `${r.status}: ${r.reason}`);
@@ -127,6 +129,7 @@ function onProgress(ev) {
     case "member_started": {
       const col = column(ev.member, ev.model);
       col.raw = ""; // a retry or a new debate round starts over
+      col.streaming = true;
       paint(col);
       started.set(ev.member, performance.now());
       setBadge(col, "running", ev.round ? `round ${ev.round}` : "running");
@@ -235,7 +238,7 @@ function onFrame(frame) {
         throw new Error(obj.error.message);
       }
       for (const choice of obj.choices || []) {
-        if (choice.delta && choice.delta.content) setAnswer(answer.raw + choice.delta.content);
+        if (choice.delta && choice.delta.content) setAnswer(answer.raw + choice.delta.content, true);
       }
     }
   }

@@ -7,12 +7,14 @@ import { el } from "./dom.js";
 const hljs = window.hljs;
 const AUTO_MAX = 20000; // longer unlabelled blocks are not auto-detected (it is slow)
 
+let autoDetect = true; // off while text is still streaming in: it is redone every frame
+
 function highlight(code, lang) {
   try {
     if (lang && hljs.getLanguage(lang)) {
       return hljs.highlight(code, { language: lang, ignoreIllegals: true }).value;
     }
-    if (!lang && code.length <= AUTO_MAX) return hljs.highlightAuto(code).value;
+    if (!lang && autoDetect && code.length <= AUTO_MAX) return hljs.highlightAuto(code).value;
   } catch (_) { /* fall through: markdown-it escapes the code itself */ }
   return "";
 }
@@ -103,7 +105,9 @@ export function copyButton(getText, label) {
 }
 
 // Markdown text -> nodes: code blocks highlighted (hljs classes), each with a copy button.
-export function renderMarkdown(text) {
+// `streaming`: the text is still growing; unlabelled code is not auto-detected yet.
+export function renderMarkdown(text, { streaming = false } = {}) {
+  autoDetect = !streaming;
   const frag = fragment(md.render(text || ""));
   for (const pre of frag.querySelectorAll("pre")) {
     const code = pre.querySelector("code") || pre;
