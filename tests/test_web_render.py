@@ -111,6 +111,9 @@ def test_markdown_code_highlighting_copy_inert_html_and_the_diff(
     page.screenshot(path=str(ARTIFACTS / "web-markdown.png"), full_page=True)
     csp = httpx.get(served.url + "/", timeout=30).headers["content-security-policy"]
     assert "default-src 'self'" in csp and "unsafe" not in csp
+    for module in ("app.js", "markdown.js", "vendor/highlight.min.js"):  # modules need it
+        kind = httpx.get(f"{served.url}/static/{module}", timeout=30).headers["content-type"]
+        assert kind.startswith("text/javascript"), (module, kind)
     assert errors == [] and foreign == []
 
 
