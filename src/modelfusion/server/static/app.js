@@ -235,6 +235,7 @@ function onFrame(frame) {
       const obj = JSON.parse(data);
       if (obj.error) {
         lastTraceId = obj.error.trace_id || null;
+        if (lastTraceId) linkTo(lastTraceId); // a failed fusion is traced too
         throw new Error(obj.error.message);
       }
       for (const choice of obj.choices || []) {
@@ -369,7 +370,10 @@ async function openTrace(id, { link = false, tries = 4 } = {}) {
         await sleep(300);
       }
     }
-    if (running) return;
+    if (running) {
+      setStatus("A fusion is running: stop it to open another.");
+      return;
+    }
     resetView();
     const messages = t.messages || [];
     const user = [...messages].reverse().find((m) => m.role === "user");
