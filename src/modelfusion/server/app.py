@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import mimetypes
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from importlib import resources
@@ -39,6 +40,9 @@ from .settings import ServerSettings
 
 log = logging.getLogger("modelfusion.server")
 STATIC = resources.files("modelfusion.server") / "static"
+# The page's scripts are ES modules, which a browser runs only when served as JavaScript;
+# Python's guess can come from the Windows registry, where .js is sometimes text/plain.
+mimetypes.add_type("text/javascript", ".js")
 # The page loads nothing from elsewhere and runs no inline script: say so to the browser.
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "

@@ -1,34 +1,14 @@
 // modelfusion web page: one streaming request to /v1/chat/completions, rendered live.
 // The stream carries the answer as standard `data:` chunks and panel progress as
-// `: fusion {json}` comment lines (see docs/server.md). All model text goes through
-// textContent: nothing from a model is ever parsed as HTML.
-"use strict";
+// `: fusion {json}` comment lines (see docs/server.md). Model text is rendered as
+// markdown by markdown.js (raw HTML off, an allowlist rebuild); nothing from a model is
+// ever put on the page as markup. Every fusion has a permalink, /?trace=<id>.
+import { $, el } from "./dom.js";
+import { copyButton, renderMarkdown } from "./markdown.js";
+import { renderDiffs, resetDiffs, showDiffs } from "./diffview.js";
+import { fmtCost, fmtMs, renderSummary, renderVerdict } from "./result.js";
 
-const $ = (id) => document.getElementById(id);
 const PROGRESS = ": fusion ";
-const SECTIONS = [
-  ["consensus", "Consensus"],
-  ["contradictions", "Contradictions"],
-  ["partial_coverage", "Partial coverage"],
-  ["unique_insights", "Unique insights"],
-  ["blind_spots", "Blind spots"],
-];
-
-// el("div", {class: "x"}, "text", child) — strings become text nodes, never markup.
-function el(tag, attrs, ...children) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs || {})) {
-    if (v === null || v === undefined) continue;
-    if (k === "class") node.className = v;
-    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
-    else node.setAttribute(k, v);
-  }
-  for (const c of children) {
-    if (c === null || c === undefined) continue;
-    node.append(c instanceof Node ? c : document.createTextNode(String(c)));
-  }
-  return node;
-}
 
 function headers() {
   const h = { "Content-Type": "application/json" };
@@ -43,27 +23,55 @@ function setStatus(text, error = false) {
   s.classList.toggle("error", error);
 }
 
-const fmtMs = (ms) => (ms >= 1000 ? `${(ms / 1000).toFixed(1)} s` : `${Math.round(ms)} ms`);
-const fmtCost = (c) => (c === null || c === undefined ? "–" : `$${Number(c).toFixed(5)}`);
-
 async function getJSON(url) {
   const r = await fetch(url, { headers: headers() });
   const body = await r.json().catch(() => ({}));
-  if (!r.ok) throw new Error(body.error ? body.error.message : `HTTP ${r.status}`);
+  if (!r.ok) {
+    const err = new Error(body.error ? body.error.message : `HTTP ${r.status}`);
+    err.code = body.error && body.error.code;
+    throw err;
+  }
   return body;
+}
+
+// ---------------------------------------------------------------- rendering, batched
+
+const columns = new Map(); // member index -> {root, badge, meta, text, raw, model}
+const answer = { raw: "", streaming: false };
+const dirty = new Set(); // what to re-render on the next frame: columns and `answer`
+
+function paint(target) {
+  dirty.add(target);
+  if (dirty.size === 1) requestAnimationFrame(flushPaint);
+}
+
+function flushPaint() {
+  for (const target of dirty) {
+    const nodes = renderMarkdown(target.raw, { streaming: target.streaming });
+    (target === answer ? $("answer") : target.text).replaceChildren(nodes);
+  }
+  dirty.clear();
+}
+
+function setAnswer(text, streaming = false) {
+  answer.raw = text || "";
+  answer.streaming = streaming;
+  paint(answer);
 }
 
 // ---------------------------------------------------------------- the panel columns
 
-const columns = new Map(); // member index -> {root, badge, meta, text}
-
 function resetView() {
   columns.clear();
+  dirty.clear();
+  answer.raw = "";
   $("members").replaceChildren();
   $("analysis").replaceChildren();
-  $("answer").textContent = "";
+  $("answer").replaceChildren();
   $("summary").replaceChildren();
   $("judge-status").textContent = "–";
+  $("answer-tools").hidden = true;
+  resetDiffs();
 }
 
 function column(index, model) {
@@ -71,15 +79,15 @@ function column(index, model) {
   if (col) return col;
   const badge = el("span", { class: "badge" }, "waiting");
   const meta = el("div", { class: "meta" }, "–");
-  const text = el("div", { class: "text" });
-  const root = el("article", { class: "member", "data-member": index },
-    el("header", {}, el("span", { class: "name" }, model || `member ${index + 1}`), badge),
-    meta, text);
-  col = { root, badge, meta, text };
+  const text = el("div", { class: "text md" });
+  col = { badge, meta, text, raw: "", streaming: false, model: model || `member ${index + 1}` };
+  const copy = copyButton(() => col.raw, "Copy this answer");
+  col.root = el("article", { class: "member", "data-member": index },
+    el("header", {}, el("span", { class: "name" }, col.model), badge, copy), meta, text);
   columns.set(index, col);
   const container = $("members");
   const after = [...container.children].find((c) => Number(c.dataset.member) > index);
-  container.insertBefore(root, after || null);
+  container.insertBefore(col.root, after || null);
   return col;
 }
 
@@ -100,9 +108,12 @@ function showMember(r, index) {
   const col = column(index, r.model);
   if (r.status === "ok") {
     setBadge(col, "ok");
-    col.text.textContent = r.content || "";
+    col.raw = r.content || "";
+    col.streaming = false;
+    paint(col);
   } else {
     setBadge(col, r.status, `${r.status}: ${r.reason}`);
+    dirty.delete(col);
     col.text.replaceChildren(el("span", { class: "error" }, r.error || r.reason || "failed"));
   }
   col.meta.textContent = memberMeta(r);
@@ -117,7 +128,9 @@ function onProgress(ev) {
   switch (ev.type) {
     case "member_started": {
       const col = column(ev.member, ev.model);
-      col.text.textContent = ""; // a retry or a new debate round starts over
+      col.raw = ""; // a retry or a new debate round starts over
+      col.streaming = true;
+      paint(col);
       started.set(ev.member, performance.now());
       setBadge(col, "running", ev.round ? `round ${ev.round}` : "running");
       col.meta.textContent = "…";
@@ -125,7 +138,8 @@ function onProgress(ev) {
     }
     case "member_delta": {
       const col = column(ev.member);
-      col.text.append(document.createTextNode(ev.text || ""));
+      col.raw += ev.text || "";
+      paint(col);
       const t0 = started.get(ev.member);
       if (t0 !== undefined) col.meta.textContent = `${fmtMs(performance.now() - t0)} …`;
       break;
@@ -147,6 +161,7 @@ function onProgress(ev) {
     case "done":
       lastTraceId = ev.trace_id;
       showResult(ev.result, ev.trace_id);
+      if (ev.trace_id) linkTo(ev.trace_id);
       break;
     default:
       break;
@@ -163,90 +178,35 @@ function showResult(result, traceId) {
     : `Judge ${j.model}: ${j.status}${j.reason ? ` (${j.reason})` : ""} · ${fmtMs(j.latency_ms)}`;
   $("judge-status").textContent = judgeNote;
   $("analysis").replaceChildren(renderVerdict(result));
-  $("answer").textContent = result.answer;
+  setAnswer(result.answer);
+  $("answer-tools").hidden = false;
   $("summary").replaceChildren(renderSummary(result, traceId));
+  showDiffs(result.members.filter((m) => m.status === "ok")
+    .map((m, i) => ({ label: labelOf(result.members, m, i), text: m.content || "" })),
+  result.answer);
   const ok = result.members.filter((m) => m.status === "ok").length;
   setStatus(`Done: ${result.mode}, ${ok}/${result.members.length} members answered, `
     + `${fmtMs(result.timings.total_ms)}.`);
 }
 
-function renderVerdict(result) {
-  if (result.analysis) {
-    return el("div", { class: "analysis" }, ...SECTIONS.map(([key, title]) => {
-      const items = result.analysis[key] || [];
-      return el("div", { "data-section": key }, el("h3", {}, title),
-        items.length ? el("ul", {}, ...items.map((x) => el("li", {}, x)))
-          : el("p", { class: "none" }, "none"));
-    }));
-  }
-  if (result.votes) {
-    const v = result.votes;
-    return el("div", {},
-      el("p", {}, `Winner: ${v.winner} — ${v.summary}${v.tie ? " (tie broken)" : ""}`),
-      el("table", { class: "votes" }, ...v.split.map((s) => el("tr", {},
-        el("td", {}, s.label),
-        el("td", {}, bar(s.share)),
-        el("td", {}, `${s.count} (${Math.round(s.share * 100)} %)`),
-        el("td", { class: "muted" }, (s.members || []).join(", "))))));
-  }
-  const chosen = result.chosen
-    ? el("p", {}, `Chosen: ${result.chosen}${result.reason ? ` — ${result.reason}` : ""}`)
-    : null;
-  if (result.checks) return el("div", { class: "verified" }, chosen, renderChecks(result.checks));
-  if (chosen) return chosen;
-  return el("p", { class: "muted" }, "No analysis for this fusion.");
+// A member's name in the diff menus; copies of one model are told apart by number.
+function labelOf(members, m, i) {
+  const same = members.filter((x) => x.model === m.model).length;
+  return same > 1 ? `${m.model} #${members.indexOf(m) + 1}` : m.model || `member ${i + 1}`;
 }
 
-// verified mode: which visible checks each candidate's code passed, as text only.
-function renderChecks(checks) {
-  if (!checks.total) {
-    return el("p", { class: "muted" }, "No visible checks found in the request: nothing to run.");
-  }
-  const rows = checks.candidates.map((c) => el("tr", { "data-member": c.member },
-    el("td", {}, c.model),
-    el("td", { class: c.passed === c.total ? "pass" : "fail" }, `${c.passed}/${c.total}`),
-    el("td", { class: "num" }, c.agreement === null ? "–" : String(c.agreement)),
-    el("td", {},
-      c.error ? el("div", { class: "muted" }, c.error) : null,
-      el("ul", { class: "check-list" }, ...c.results.map((r) => el("li",
-        { class: r.ok ? "pass" : "fail" },
-        `${r.ok ? "✓" : "✗"} ${r.check}${r.ok ? "" : ` — expected ${r.expected ?? "true"}, `
-          + `got ${r.actual ?? "(not run)"}`}`))))));
-  return el("table", { class: "checks" },
-    el("thead", {}, el("tr", {}, el("th", {}, "member"), el("th", {}, "passed"),
-      el("th", { class: "num" }, "same outputs as"), el("th", {}, "checks"))),
-    el("tbody", {}, ...rows));
+// ---------------------------------------------------------------- permalinks
+
+function traceFromUrl() {
+  return new URLSearchParams(window.location.search).get("trace");
 }
 
-// CSSOM, not a style attribute: the page's CSP forbids inline styles.
-function bar(share) {
-  const b = el("span", { class: "bar" });
-  b.style.width = `${Math.round(share * 120)}px`;
-  return b;
-}
-
-function renderSummary(result, traceId) {
-  const rows = result.members.map((m) => el("tr", {},
-    el("td", {}, m.model), el("td", {}, m.status),
-    el("td", { class: "num" }, fmtMs(m.latency_ms)),
-    el("td", { class: "num" }, String(m.usage.prompt_tokens + m.usage.completion_tokens)),
-    el("td", { class: "num" }, fmtCost(m.cost))));
-  const j = result.judge;
-  if (j.status !== "skipped") {
-    rows.push(el("tr", {}, el("td", {}, `judge ${j.model}`), el("td", {}, j.status),
-      el("td", { class: "num" }, fmtMs(j.latency_ms)),
-      el("td", { class: "num" }, String(j.usage.prompt_tokens + j.usage.completion_tokens)),
-      el("td", { class: "num" }, fmtCost(j.cost))));
-  }
-  const t = result.timings;
-  return el("div", {},
-    el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "model"), el("th", {}, "status"),
-      el("th", { class: "num" }, "time"), el("th", { class: "num" }, "tokens"),
-      el("th", { class: "num" }, "cost"))), el("tbody", {}, ...rows)),
-    el("p", { class: "totals" },
-      `Total ${fmtMs(t.total_ms)} (panel ${fmtMs(t.panel_ms)}, judge ${fmtMs(t.judge_ms)}) · `
-      + `${result.usage.prompt_tokens + result.usage.completion_tokens} tokens · `
-      + `cost ${fmtCost(result.cost)}${traceId ? ` · trace ${traceId}` : ""}`));
+// The fusion on screen is /?trace=<id>: the address bar, the Permalink link, reloads.
+function linkTo(id) {
+  const href = `/?trace=${encodeURIComponent(id)}`;
+  if (traceFromUrl() !== id) window.history.pushState({ trace: id }, "", href);
+  $("permalink").href = href;
+  $("permalink").hidden = false;
 }
 
 // ---------------------------------------------------------------- the request
@@ -275,28 +235,38 @@ function onFrame(frame) {
       const obj = JSON.parse(data);
       if (obj.error) {
         lastTraceId = obj.error.trace_id || null;
+        if (lastTraceId) linkTo(lastTraceId); // a failed fusion is traced too
         throw new Error(obj.error.message);
       }
       for (const choice of obj.choices || []) {
-        if (choice.delta && choice.delta.content) {
-          $("answer").append(document.createTextNode(choice.delta.content));
-        }
+        if (choice.delta && choice.delta.content) setAnswer(answer.raw + choice.delta.content, true);
       }
     }
   }
 }
 
+let running = null; // the AbortController of the fusion in flight
+
+function busy(on) {
+  $("run").disabled = on;
+  $("stop").hidden = !on;
+  $("stop").disabled = !on;
+}
+
 async function fuse(event) {
   event.preventDefault();
   const prompt = $("prompt").value.trim();
-  if (!prompt) return;
+  if (!prompt || running) return;
   resetView();
+  $("permalink").hidden = true;
   lastTraceId = null;
-  $("run").disabled = true;
+  running = new AbortController();
+  busy(true);
   setStatus("Asking the panel…");
   try {
     const r = await fetch("/v1/chat/completions", {
       method: "POST", headers: headers(), body: JSON.stringify(requestBody(prompt)),
+      signal: running.signal,
     });
     if (!r.ok) {
       const body = await r.json().catch(() => ({}));
@@ -319,11 +289,26 @@ async function fuse(event) {
     }
     loadHistory(lastTraceId);
   } catch (err) {
-    setStatus(`Failed: ${err.message}`, true);
+    if (err.name === "AbortError") {
+      for (const col of columns.values()) {
+        if (col.badge.classList.contains("running") || col.badge.textContent === "waiting") {
+          setBadge(col, "cancelled", "stopped");
+        }
+      }
+      setStatus("Stopped: the fusion was cancelled.");
+    } else {
+      setStatus(`Failed: ${err.message}`, true);
+    }
     loadHistory(lastTraceId);
   } finally {
-    $("run").disabled = false;
+    running = null;
+    busy(false);
   }
+}
+
+// Aborting the fetch closes the connection: the server cancels the fusion (docs/server.md).
+function stop() {
+  if (running) running.abort();
 }
 
 // ---------------------------------------------------------------- presets and history
@@ -360,36 +345,62 @@ async function loadHistory(expectId = null, tries = 6) {
     list.replaceChildren(...data.map((t) => {
       const failed = t.status === "failed";
       const when = t.created_at ? new Date(t.created_at).toLocaleString() : "";
-      return el("li", {}, el("button", { type: "button", onclick: () => openTrace(t.id) },
-        el("span", { class: failed ? "failed" : "" }, traceLabel(t)),
-        el("span", { class: "when" },
-          [when, t.mode, t.preset, failed ? "failed" : null].filter(Boolean).join(" · "))));
+      return el("li", {}, el("button", { type: "button", "data-trace": t.id,
+        onclick: () => openTrace(t.id, { link: true }) },
+      el("span", { class: failed ? "failed" : "" }, traceLabel(t)),
+      el("span", { class: "when" },
+        [when, t.mode, t.preset, failed ? "failed" : null].filter(Boolean).join(" · "))));
     }));
   } catch (err) {
     list.replaceChildren(el("li", { class: "muted" }, `History unavailable: ${err.message}`));
   }
 }
 
-async function openTrace(id) {
+const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms); });
+
+async function openTrace(id, { link = false, tries = 4 } = {}) {
   try {
-    const t = await getJSON(`/v1/fusion/traces/${encodeURIComponent(id)}`);
+    let t;
+    for (let left = tries; ; left -= 1) {
+      try {
+        t = await getJSON(`/v1/fusion/traces/${encodeURIComponent(id)}`);
+        break;
+      } catch (err) { // a link to a fusion that finished a moment ago: still being written
+        if (err.code !== "trace_not_found" || left <= 1) throw err;
+        await sleep(300);
+      }
+    }
+    if (running) {
+      setStatus("A fusion is running: stop it to open another.");
+      return;
+    }
     resetView();
     const messages = t.messages || [];
     const user = [...messages].reverse().find((m) => m.role === "user");
-    if (user) $("prompt").value = user.content;
+    $("prompt").value = user ? user.content : "";
+    if (link) linkTo(t.id);
+    else { $("permalink").href = `/?trace=${encodeURIComponent(t.id)}`; $("permalink").hidden = false; }
     if (t.status === "ok") {
       showResult(t, t.id); // a trace holds the same keys as the fusion result
     } else {
       (t.members || []).forEach((m, i) => showMember(m, i));
       const e = t.error || {};
-      setStatus(`Trace ${t.id} failed: ${e.message || e.code || "unknown error"}`, true);
+      setStatus(`Trace ${t.id} ${t.status}: ${e.message || e.code || "unknown error"}`, true);
     }
   } catch (err) {
-    setStatus(`Could not open trace: ${err.message}`, true);
+    setStatus(`Could not open trace ${id}: ${err.message}`, true);
   }
 }
 
-document.addEventListener("DOMContentLoaded", () => {
+// Back and forward move between the fusions opened here.
+function onPopState() {
+  const id = traceFromUrl();
+  if (running) return;
+  if (id) openTrace(id);
+  else { resetView(); $("permalink").hidden = true; setStatus(""); }
+}
+
+function init() {
   const key = $("api-key");
   key.value = localStorage.getItem("fusion.apiKey") || "";
   key.addEventListener("change", () => {
@@ -398,10 +409,23 @@ document.addEventListener("DOMContentLoaded", () => {
     loadHistory();
   });
   $("ask").addEventListener("submit", fuse);
+  $("stop").addEventListener("click", stop);
   $("refresh").addEventListener("click", () => loadHistory());
   $("prompt").addEventListener("keydown", (e) => {
-    if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) $("ask").requestSubmit();
+    if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) {
+      e.preventDefault();
+      $("ask").requestSubmit();
+    }
   });
+  $("diff-a").addEventListener("change", renderDiffs);
+  $("diff-b").addEventListener("change", renderDiffs);
+  $("answer-tools").prepend(copyButton(() => answer.raw, "Copy the answer"));
+  window.addEventListener("popstate", onPopState);
   loadPresets();
   loadHistory();
-});
+  const id = traceFromUrl();
+  if (id) openTrace(id);
+}
+
+if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", init);
+else init();
