@@ -34,6 +34,7 @@ class Prepared:
     request: ChatRequest
     preset: str | None  # the preset the panel came from, if any (for traces)
     passthrough: bool  # one member, no judge: its tokens can be streamed as they come
+    owner: str | None = None  # the id of the key that asked (server/auth.py), for its trace
 
 
 def parse_depth(values: list[str], settings: ServerSettings) -> int:
@@ -60,7 +61,7 @@ def parse_depth(values: list[str], settings: ServerSettings) -> int:
 
 
 def prepare(req: ChatRequest, config: Config, pool: ProviderPool, settings: ServerSettings,
-            depth: int) -> Prepared:
+            depth: int, owner: str | None = None) -> Prepared:
     allowed = settings.allowed_providers
     target_preset, spec_target = _target(req.model, config, allowed)
     for i, spec in enumerate(req.models or ()):
@@ -108,7 +109,7 @@ def prepare(req: ChatRequest, config: Config, pool: ProviderPool, settings: Serv
         if param is not None:  # an option the request set: name its field, CLI flags aside
             raise bad_request(str(e).replace("--", ""), param) from None
         raise usage_error(e, None) from None
-    return Prepared(fusion, req, fusion.plan.preset, passthrough)
+    return Prepared(fusion, req, fusion.plan.preset, passthrough, owner)
 
 
 def _target(model: str, config: Config, allowed: frozenset[str] | None
