@@ -1,9 +1,11 @@
-"""What a trace lets others read (issue 12, item 9).
+"""What a trace lets others read (issue 12, items 9 and 16).
 
 Item 9: with several keys, a key reads only the traces it made (list, by id, by prefix);
 an admin key (FUSION_ADMIN_KEYS) reads every one; a keyless server still shows all. The
 store keeps the key's id, never the key. Real server, loopback fake upstream, SQLite and
 (with MODELFUSION_TEST_PG_URL) PostgreSQL.
+
+Item 16: `--no-store-prompts` keeps no request text, verified mode's checks included.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from modelfusion import FusionResult, JudgeResult, MemberResult
 from modelfusion.cli import app as cli_app
 from modelfusion.server.auth import key_id
 from modelfusion.traces.store import SCHEMA_VERSION, TraceStore
-from tests.helpers import Served
+from tests.fake_upstream import FakeUpstream
+from tests.helpers import WRONG, Served, fusion
 
 KEY_A, KEY_B, ADMIN = "key-alice-5c1e", "key-bob-93d0", "key-admin-e2a7"
 SECRET_A = "alice's secret plan: 7f41c0"
@@ -177,3 +180,58 @@ def test_a_v3_store_migrates_and_old_traces_have_no_owner(url: str):
             indexes = {i["name"] for i in inspect(conn).get_indexes("traces")}
     assert "ix_traces_owner_created_at" in indexes
     assert sorted(versions) == list(range(1, SCHEMA_VERSION + 1)) and SCHEMA_VERSION == 4
+
+
+# ---------------------------------------------------------------- item 16: verified's checks
+
+# A request whose doctest holds literals found nowhere else: if any of them is stored, the
+# request's text is.
+LITERAL = "90817"
+CHECKED = f'''def add_one(xs):
+    """Add one to every element.
+    >>> add_one([{LITERAL}, 1])
+    [90818, 2]
+    """
+'''
+RIGHT = "```python\ndef add_one(xs):\n    return [x + 1 for x in xs]\n```"
+
+
+def test_no_store_prompts_keeps_no_check_text(serve: Callable[..., Served],
+                                              upstream: FakeUpstream, tmp_path: Path):
+    served = serve(store_prompts=False)
+    upstream.script("alpha", WRONG)  # fails: its output is the input, [90817, 1]
+    upstream.script("beta", RIGHT)
+    body = {"model": "fusion", "messages": [{"role": "user", "content": CHECKED}],
+            "fusion": {"models": ["fake:alpha", "fake:beta"], "mode": "verified"}}
+    reply = served.post(body)
+    assert reply.status_code == 200, reply.text
+    answered = reply.json()["fusion"]
+    assert LITERAL in json.dumps(answered["checks"])  # the caller is shown everything
+    assert served.store is not None
+    served.store.flush()
+
+    kept = get(served, f"/{answered['trace_id']}", None).json()
+    checks = kept["checks"]
+    assert kept["messages"] is None and LITERAL not in json.dumps(kept)
+    # What stays: counts, who passed, each check's pass/fail, the rule.
+    assert checks["total"] == 1 and checks["passing"] == [1] and checks["rule"] == "one_passed"
+    assert [(c["passed"], c["total"]) for c in checks["candidates"]] == [(0, 1), (1, 1)]
+    assert [[r["ok"] for r in c["results"]] for c in checks["candidates"]] == [[False], [True]]
+    assert all(r["check"] == "" and r["expected"] is None and r["actual"] is None
+               for c in checks["candidates"] for r in c["results"])
+    raw = b"".join(p.read_bytes() for p in tmp_path.glob("traces0.db*"))
+    assert answered["trace_id"].encode() in raw and LITERAL.encode() not in raw
+
+
+def test_the_cli_keeps_no_check_text_either(upstream: FakeUpstream, fake_config: Path,
+                                            tmp_path: Path):
+    upstream.script("alpha", WRONG)
+    home = str(tmp_path / "home")
+    proc = fusion("ask", "--no-store-prompts", "--config", str(fake_config), "-m",
+                  "fake:alpha", "--mode", "verified", "--json", "-", stdin=CHECKED, home=home)
+    assert proc.returncode == 0, proc.stderr
+    assert LITERAL in proc.stdout  # printed, not kept
+    trace_id = json.loads(fusion("log", "--json", "-n", "1", home=home).stdout)[0]["id"]
+    shown = fusion("show", "--json", trace_id, home=home)
+    assert shown.returncode == 0 and LITERAL not in shown.stdout
+    assert json.loads(shown.stdout)["checks"]["candidates"][0]["passed"] == 0

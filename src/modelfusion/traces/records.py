@@ -128,6 +128,9 @@ class _Pending:
     mode: str | None
     error: Exception | None
     owner: str | None = None
+    # False: keep nothing of the request's text (the store's store_prompts), neither the
+    # messages nor what other columns quote of them (verified's checks).
+    prompts: bool = True
 
 
 def _row(p: _Pending) -> dict[str, Any]:
@@ -138,14 +141,16 @@ def _row(p: _Pending) -> dict[str, Any]:
         "error_code": None, "error_message": None, "owner": p.owner,
     }
     if p.result is not None:
-        row.update(_result_columns(p.result))
+        row.update(_result_columns(p.result, prompts=p.prompts))
     else:
         row.update(_failure_columns(p.error, p.mode))
     return _clean(row)
 
 
-def _result_columns(r: FusionResult) -> dict[str, Any]:
+def _result_columns(r: FusionResult, *, prompts: bool) -> dict[str, Any]:
     d = r.to_dict()
+    if not prompts and r.checks is not None:  # the checks quote the request's code
+        d["checks"] = r.checks.without_request_text().to_dict()
     ok = sum(m.ok for m in r.members)
     return {
         "mode": r.mode, "status": "ok", "answer": r.answer, "chosen": r.chosen,

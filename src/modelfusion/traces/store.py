@@ -2,9 +2,11 @@
 
 One SQLAlchemy Core schema serves SQLite (the default, `<data dir>/traces.db`) and
 PostgreSQL (shared by server replicas). A trace holds what `FusionResult.to_dict()` holds,
-plus the request messages (unless opened with `store_prompts=False`) and, for a failed
-fusion, the error and each member's failure; a server's trace also the id of the key that
-made it (`owner`: a hash, never the key). Nothing else: no headers, no config, no keys.
+plus the request messages and, for a failed fusion, the error and each member's failure;
+a server's trace also the id of the key that made it (`owner`: a hash, never the key).
+Nothing else: no headers, no config, no keys. Opened with `store_prompts=False` it keeps no
+request text: no messages, and verified's checks without their source, expected values,
+outputs or errors.
 
 `record()` only enqueues; one daemon writer thread batch-inserts, so a slow or broken
 database never delays or fails a fusion (failures are logged and counted in
@@ -147,6 +149,7 @@ class TraceStore:
             trace_id=trace_id, created_at=datetime.now(UTC), result=result,
             messages=to_messages(messages) if self.store_prompts else None,
             source=source, preset=preset, mode=mode, error=error, owner=owner,
+            prompts=self.store_prompts,
         )
         with self._cond:
             if self._closed or self._pending >= MAX_QUEUED:
