@@ -5,7 +5,8 @@
 the request names is checked before anything is sent upstream, and a refusal names its
 field: specs here, options by the engine (`UsageError.option`, mapped back to where the
 request set it). Which preset, judge and mode apply is the engine's rule (`plan.select`).
-Requests name configured providers only, never URLs.
+Requests name configured providers only, never URLs, and `local:` catalogue models only,
+never files.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ..errors import ConfigError, UsageError
 from ..fusion import DEPTH_HEADER, Fusion, ProviderPool
 from ..options import EFFORT_OFF, FusionOptions
 from ..plan import ADAPTIVE_OPTIONS, select
+from ..providers.local.catalog import CATALOG
 from .errors import ApiError, bad_request, usage_error
 from .schemas import ChatRequest
 from .settings import ServerSettings
@@ -145,13 +147,20 @@ def check_spec(spec: str, param: str, config: Config,
                           "as provider:model instead", param, "url_not_allowed")
     try:
         parsed = parse_spec(spec)
-        config.provider(parsed.provider)
+        provider = config.provider(parsed.provider)
     except UsageError as e:
         raise usage_error(e, param) from None
     if allowed is not None and parsed.provider not in allowed:
         raise bad_request(f"{param}: provider {parsed.provider!r} is not enabled on this "
                           f"server; requests may name: {', '.join(sorted(allowed)) or 'none'} "
                           "(or use fusion / fusion/<preset>)", param, "provider_not_allowed")
+    if provider.kind == "local" and parsed.model not in CATALOG:
+        # `local:` also takes a path to a .gguf (the CLI's and the library's own files);
+        # from a request that would name files on the server, and the error would say where
+        # they are and whether they exist. Requests name catalogue models only.
+        raise bad_request(f"{param}: a request may name only the built-in local models "
+                          f"({', '.join(sorted(CATALOG))}), not a file", param,
+                          "local_model_not_allowed")
 
 
 def _cap_samples(req: ChatRequest, options: dict[str, Any], settings: ServerSettings) -> None:
