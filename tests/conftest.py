@@ -1,5 +1,6 @@
 """Shared fixtures: no network beyond loopback, a private home, a started FakeUpstream,
-a served app (`fusion serve` in a thread), the embedded model's home and a Playwright page.
+trace store URLs (SQLite; PostgreSQL when MODELFUSION_TEST_PG_URL is set), a served app
+(`fusion serve` in a thread), the embedded model's home and a Playwright page.
 
 Plain helpers (functions, constants) are in tests/helpers.py; no test module imports
 another one."""
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from tests.helpers import (
     CHROMIUM,
     HAVE_PARTS,
     MODEL,
+    PG_URL,
     VERDICT,
     NetworkBlockedError,
     Served,
@@ -85,6 +88,38 @@ def fake_config(upstream: FakeUpstream, tmp_path: Any) -> Any:
     path = tmp_path / "fusion.toml"
     path.write_text(f'[providers.fake]\nbase_url = "{upstream.base_url}"\n')
     return path
+
+
+# ---------------------------------------------------------------- trace store URLs
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'db' / 'traces.db'}"
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh schema in the test database per test, dropped afterwards."""
+    if not PG_URL:
+        pytest.skip("MODELFUSION_TEST_PG_URL is not set (`. .ci/postgres.sh` starts a "
+                    "throwaway PostgreSQL and sets it; CI does)")
+    import psycopg
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    try:
+        sep = "&" if "?" in PG_URL else "?"
+        yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest) -> str:
+    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
 
 
 # ---------------------------------------------------------------- `fusion serve` in a thread

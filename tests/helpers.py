@@ -31,6 +31,9 @@ from modelfusion.providers.local import runtime as local_runtime
 from modelfusion.traces.store import TraceStore
 from tests.fake_upstream import FakeUpstream, RecordedRequest, Reply
 
+# A PostgreSQL for the trace-store tests (`. .ci/postgres.sh` sets it); unset: they skip.
+PG_URL = os.environ.get("MODELFUSION_TEST_PG_URL")
+
 
 class NetworkBlockedError(RuntimeError):
     """A test tried to connect somewhere other than loopback (conftest's guard)."""

@@ -437,6 +437,50 @@ def test_a_request_cannot_set_base_url_headers_or_keys(served: Served, upstream:
     assert ports == {int(served.url.rsplit(":", 1)[1]), upstream.port}
 
 
+# {rel}: the test's folder, relative to the server's working directory.
+LOCAL_FILES = ["local:{rel}/model.gguf", "local:{rel}/missing.gguf", "local:../../x.gguf",
+               "local:~/models/x.gguf", "local:~/x", "local:x.gguf"]
+
+
+@pytest.mark.parametrize("where", ["model", "models", "judge", "fallback_judge"])
+def test_a_request_cannot_name_a_file_on_the_server(served: Served, upstream: FakeUpstream,
+                                                    tmp_path: Path, where: str):
+    """`local:` takes a .gguf path in the CLI and the library; from a request it names
+    catalogue models only, and the refusal says nothing of the server's files: the same
+    answer whether the file exists or not, no absolute path (issue 12, item 18)."""
+    (tmp_path / "model.gguf").write_bytes(b"GGUF" + bytes(64))
+    rel = os.path.relpath(tmp_path)
+    answers = set()
+    for spec in (s.format(rel=rel) for s in LOCAL_FILES):
+        body: dict[str, Any] = {"model": "fusion", "messages": ASK}
+        if where == "model":
+            body["model"] = spec
+        else:
+            body["fusion"] = {where: [spec] if where == "models" else spec}
+        resp = served.post(body)
+        assert resp.status_code == 400, resp.text
+        err = error_of(resp)
+        assert err["code"] == "local_model_not_allowed" and where in err["param"]
+        message = err["message"]
+        assert str(Path.home()) not in message and str(Path.cwd()) not in message
+        assert str(tmp_path) not in message and "exist" not in message
+        answers.add(message)
+    assert len(answers) == 1  # nothing tells one file from another
+    # An absolute path is refused before it is read as a spec (it looks like a URL).
+    resp = served.post({"model": f"local:{tmp_path}/model.gguf", "messages": ASK})
+    assert resp.status_code == 400 and "exist" not in error_of(resp)["message"]
+    assert not upstream.requests
+
+
+def test_a_request_may_still_name_catalogue_models(server_config: Path):
+    from modelfusion.providers.local.catalog import CATALOG
+    from modelfusion.server.resolve import check_spec
+
+    config = load_config(server_config)
+    for name in CATALOG:  # passes the filter (whether it can load is checked later)
+        check_spec(f"local:{name}", "model", config)
+
+
 # ---------------------------------------------------------------- limits
 
 

@@ -4,7 +4,6 @@ PostgreSQL (when MODELFUSION_TEST_PG_URL is set: `. .ci/postgres.sh` starts one)
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
 import threading
@@ -19,9 +18,8 @@ from modelfusion import AllMembersFailed, Fusion, FusionResult, UsageError
 from modelfusion.traces import store as traces
 from modelfusion.traces.store import SCHEMA_VERSION, TraceStore, migrate
 from tests.fake_upstream import Fault, Reply
-from tests.helpers import fusion
+from tests.helpers import PG_URL, fusion
 
-PG_URL = os.environ.get("MODELFUSION_TEST_PG_URL")
 PROMPT = "What is the capital of France?\nAnswer briefly."
 VERDICT = {
     "analysis": {"consensus": ["both say Paris"], "contradictions": [],
@@ -35,35 +33,6 @@ SENTINEL_KEY = "sk-sentinel-trace-7f3a9c"
 @pytest.fixture(autouse=True)
 def _no_trace_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FUSION_TRACES_URL", raising=False)
-
-
-@pytest.fixture
-def sqlite_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'db' / 'traces.db'}"
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh schema in the test database per test, dropped afterwards."""
-    if not PG_URL:
-        pytest.skip("MODELFUSION_TEST_PG_URL is not set (`. .ci/postgres.sh` starts a "
-                    "throwaway PostgreSQL and sets it; CI does)")
-    import psycopg
-
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    try:
-        sep = "&" if "?" in PG_URL else "?"
-        yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
-    finally:
-        with psycopg.connect(PG_URL, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA {schema} CASCADE")
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest) -> str:
-    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ contract, the traces and the web page carry.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from .text import clip
@@ -182,6 +182,17 @@ class ChecksReport:
                    rule=str(d.get("rule", "")), passing=list(d.get("passing") or []),
                    candidates=[CandidateChecks.from_dict(c) for c in d.get("candidates") or []],
                    duration_ms=float(d.get("duration_ms") or 0.0))
+
+    def without_request_text(self) -> ChecksReport:
+        """The account with nothing the request wrote: what a trace keeps when prompts are
+        not stored (--no-store-prompts). A check's source, its expected value and the
+        code's output quote the request (its doctest and assert lines, their literals), and
+        an error can name its functions or echo a failing line: those go. Counts, pass/fail
+        per check, status, agreement and groups stay."""
+        return replace(self, candidates=[
+            replace(c, error=None, results=[CheckOutcome(check="", expected=None, ok=r.ok)
+                                            for r in c.results])
+            for c in self.candidates])
 
     def lines(self) -> list[str]:
         """What a terminal shows: one line per candidate, or that there was nothing to run."""

@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -26,22 +27,61 @@ from .common import EFFORT_HELP, cli_skills, cost_text, err, handle_errors, safe
 from .local import prepare as prepare_local_models
 from .progress import LiveProgress
 
+# What `fusion ask` reads from a pipe at most (as much as the server takes in a request body):
+# a stream need have no end (`yes | fusion ask`), and what is read goes to every member and
+# into the trace. A file named with --prompt-file has a size, so it is read whole.
+MAX_STDIN_BYTES = 1 << 20
 
-def _read_prompt(prompt: str | None) -> str:
-    if prompt is None or prompt == "-":
+
+def _read_prompt(prompt: str | None, prompt_file: Path | None = None) -> str:
+    if prompt_file is not None:
+        if prompt not in (None, "-"):
+            raise UsageError("give the prompt once: as an argument or with --prompt-file")
+        prompt = _read_file(prompt_file)
+    elif prompt is None or prompt == "-":
         if sys.stdin is None or sys.stdin.isatty():
             raise UsageError('no prompt: fusion ask "your question" (or pipe it: echo ... | '
                              "fusion ask -)")
-        prompt = sys.stdin.read()
+        prompt = _read_stdin()
     if not prompt.strip():
         raise UsageError("the prompt is empty")
     return prompt
 
 
+def _read_stdin() -> str:
+    data = sys.stdin.buffer.read(MAX_STDIN_BYTES + 1)
+    if len(data) > MAX_STDIN_BYTES:
+        raise UsageError(f"stdin holds more than {MAX_STDIN_BYTES:,} bytes (1 MiB), the most "
+                         "fusion ask reads from a pipe; for a longer prompt, save it to a "
+                         "file and pass --prompt-file PATH")
+    return _decode(data, "stdin")
+
+
+def _read_file(path: Path) -> str:
+    # A FIFO or a device (/dev/zero) has no size to read up to: regular files only.
+    if not path.is_file():
+        raise UsageError(f"--prompt-file {path}: not a regular file")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise UsageError(f"--prompt-file {path}: {e.strerror}") from None
+    return _decode(data, f"--prompt-file {path}")
+
+
+def _decode(data: bytes, where: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{where} is not UTF-8 text") from None
+
+
 @handle_errors
 def ask(
-    prompt: Annotated[str | None, typer.Argument(help="The prompt; '-' or omit to read stdin.")]
+    prompt: Annotated[str | None, typer.Argument(help="The prompt; '-' or omit to read stdin "
+                                                 "(at most 1 MiB).")]
     = None,
+    prompt_file: Annotated[Path | None, typer.Option(
+        help="Read the prompt from this file (UTF-8) instead.")] = None,
     model: Annotated[list[str] | None, typer.Option(
         "-m", "--model", help="Panel member provider:model; repeat it. model*3 samples 3 times.")]
     = None,
@@ -95,7 +135,7 @@ def ask(
         help="Keep the prompt in the trace (answers and stats are kept either way).")] = True,
 ) -> None:
     """Ask the panel; print the fused answer (progress goes to stderr)."""
-    text = _read_prompt(prompt)
+    text = _read_prompt(prompt, prompt_file)
     fusion = Fusion(
         model or None, judge, mode, preset=preset, config=config, offline=offline or None,
         system=system, skills=cli_skills(skill, skills_from_repo), temperature=temperature,

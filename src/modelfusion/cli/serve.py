@@ -75,13 +75,14 @@ def serve(
 
     from ..server.app import create_app
     from ..server.logs import quiet
-    from ..server.settings import API_KEYS_ENV, ServerSettings, keys_from_env
+    from ..server.settings import ADMIN_KEYS_ENV, API_KEYS_ENV, ServerSettings, keys_from_env
     from ..server.transport import uvicorn_config
     from ..traces.schema import SERVER_FILE, default_url
     from ..traces.store import TraceStore
 
-    keys = keys_from_env()
-    if not keys and not is_loopback(host) and not insecure:
+    keys, admin_keys = keys_from_env(), keys_from_env(ADMIN_KEYS_ENV)
+    keyed = bool(keys or admin_keys)
+    if not keyed and not is_loopback(host) and not insecure:
         raise UsageError(
             f"refusing to serve on {host} without authentication: set {API_KEYS_ENV}="
             "key1,key2 (clients send 'Authorization: Bearer key1'), bind to 127.0.0.1, or "
@@ -89,9 +90,10 @@ def serve(
         )
     cfg = load_config(config)
     allowed = allowed_providers(cfg, allow_provider, loopback=is_loopback(host))
-    hosts = allowed_hosts(allowed_host, loopback=is_loopback(host), keyed=bool(keys))
+    hosts = allowed_hosts(allowed_host, loopback=is_loopback(host), keyed=keyed)
     try:
-        settings = ServerSettings(api_keys=keys, max_concurrent=max_concurrent,
+        settings = ServerSettings(api_keys=keys, admin_keys=admin_keys,
+                                  max_concurrent=max_concurrent,
                                   max_messages=max_messages, max_connections=max_connections,
                                   allowed_providers=allowed, allowed_hosts=hosts,
                                   cors_origins=tuple(cors_origin or ()))
@@ -102,8 +104,9 @@ def serve(
         app = create_app(cfg, store, settings)
         named = "any configured" if allowed is None else ", ".join(sorted(allowed)) or "none"
         typer.echo(f"modelfusion serving on http://{host}:{port}/ "
-                   f"(auth {'on' if keys else 'off'}; providers requests may name: {named}; "
-                   f"traces: {store.url})", err=True)
+                   f"(auth {'on' if keyed else 'off'}; providers requests may name: {named}; "
+                   f"traces: {store.url}"
+                   f"{', each key reads its own' if keyed else ''})", err=True)
         server = uvicorn.Server(uvicorn_config(app, settings, host=host, port=port,
                                                log_level=log_level,
                                                timeout_graceful_shutdown=10))

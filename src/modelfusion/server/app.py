@@ -8,6 +8,7 @@ Fusion shares its pooled HTTP clients and per-provider `max_parallel` gates.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import mimetypes
 from collections.abc import AsyncIterator, Callable
@@ -28,7 +29,7 @@ from ..errors import UsageError
 from ..fusion import DEPTH_HEADER, ProviderPool
 from ..providers.base import warm
 from ..traces.schema import AmbiguousTraceId
-from .auth import check_bearer
+from .auth import Keys
 from .errors import ApiError, internal_error
 from .guards import add_browser_guards, require_json
 from .limits import FusionGate, read_body
@@ -97,6 +98,7 @@ def create_app(config: Config, store: TraceSink | None = None,
     gate = FusionGate(settings.max_concurrent, settings.retry_after_s)
     service = FusionService(store)
     pool = ProviderPool(config)
+    keys = Keys(settings.api_keys, settings.admin_keys)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -151,7 +153,7 @@ def create_app(config: Config, store: TraceSink | None = None,
 
     @app.post("/v1/chat/completions", openapi_extra=request_body(settings))
     async def chat_completions(request: Request) -> Response:
-        check_bearer(request, settings.api_keys)
+        caller = keys.check(request)
         require_json(request)
         # Admission first: under a burst, a refusal costs no body read, parse or plan, so
         # it goes out in milliseconds instead of queueing behind the admitted requests.
@@ -160,7 +162,7 @@ def create_app(config: Config, store: TraceSink | None = None,
             depth = parse_depth(request.headers.getlist(DEPTH_HEADER), settings)
             raw = await read_body(request, settings.max_body_bytes, settings.body_timeout_s)
             req = parse_chat_request(raw, max_messages=settings.max_messages)
-            prepared = prepare(req, config, pool, settings, depth)
+            prepared = prepare(req, config, pool, settings, depth, caller.owner)
         except BaseException:
             slot.release()
             raise
@@ -176,22 +178,23 @@ def create_app(config: Config, store: TraceSink | None = None,
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> dict[str, Any]:
-        check_bearer(request, settings.api_keys)
+        keys.check(request)
         return {"object": "list", "data": model_list(config, settings.allowed_providers)}
 
     @app.get("/v1/fusion/traces")
     async def list_traces(request: Request, limit: int = 50) -> dict[str, Any]:
-        check_bearer(request, settings.api_keys)
+        scope = keys.check(request).scope  # a key lists its own traces; admins all
         if not 1 <= limit <= 500:
             raise ApiError(400, "limit must be between 1 and 500", param="limit",
                            code="invalid_value")
-        rows = await _read(_store(store).recent, limit)
+        rows = await _read(functools.partial(_store(store).recent, owner=scope), limit)
         return {"object": "list", "data": [r.to_dict() for r in rows]}
 
     @app.get("/v1/fusion/traces/{trace_id}")
     async def get_trace(request: Request, trace_id: str) -> dict[str, Any]:
-        check_bearer(request, settings.api_keys)
-        record = await _read(_store(store).get, trace_id)
+        scope = keys.check(request).scope
+        # Another key's trace is "no trace": its id is not confirmed to exist either.
+        record = await _read(functools.partial(_store(store).get, owner=scope), trace_id)
         if record is None:
             raise ApiError(404, f"no trace {trace_id!r}", param="trace_id",
                            code="trace_not_found")

@@ -5,7 +5,8 @@
 the request names is checked before anything is sent upstream, and a refusal names its
 field: specs here, options by the engine (`UsageError.option`, mapped back to where the
 request set it). Which preset, judge and mode apply is the engine's rule (`plan.select`).
-Requests name configured providers only, never URLs.
+Requests name configured providers only, never URLs, and `local:` catalogue models only,
+never files.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ..errors import ConfigError, UsageError
 from ..fusion import DEPTH_HEADER, Fusion, ProviderPool
 from ..options import EFFORT_OFF, FusionOptions
 from ..plan import ADAPTIVE_OPTIONS, select
+from ..providers.local.catalog import CATALOG
 from .errors import ApiError, bad_request, usage_error
 from .schemas import ChatRequest
 from .settings import ServerSettings
@@ -34,6 +36,7 @@ class Prepared:
     request: ChatRequest
     preset: str | None  # the preset the panel came from, if any (for traces)
     passthrough: bool  # one member, no judge: its tokens can be streamed as they come
+    owner: str | None = None  # the id of the key that asked (server/auth.py), for its trace
 
 
 def parse_depth(values: list[str], settings: ServerSettings) -> int:
@@ -60,7 +63,7 @@ def parse_depth(values: list[str], settings: ServerSettings) -> int:
 
 
 def prepare(req: ChatRequest, config: Config, pool: ProviderPool, settings: ServerSettings,
-            depth: int) -> Prepared:
+            depth: int, owner: str | None = None) -> Prepared:
     allowed = settings.allowed_providers
     target_preset, spec_target = _target(req.model, config, allowed)
     for i, spec in enumerate(req.models or ()):
@@ -108,7 +111,7 @@ def prepare(req: ChatRequest, config: Config, pool: ProviderPool, settings: Serv
         if param is not None:  # an option the request set: name its field, CLI flags aside
             raise bad_request(str(e).replace("--", ""), param) from None
         raise usage_error(e, None) from None
-    return Prepared(fusion, req, fusion.plan.preset, passthrough)
+    return Prepared(fusion, req, fusion.plan.preset, passthrough, owner)
 
 
 def _target(model: str, config: Config, allowed: frozenset[str] | None
@@ -144,13 +147,20 @@ def check_spec(spec: str, param: str, config: Config,
                           "as provider:model instead", param, "url_not_allowed")
     try:
         parsed = parse_spec(spec)
-        config.provider(parsed.provider)
+        provider = config.provider(parsed.provider)
     except UsageError as e:
         raise usage_error(e, param) from None
     if allowed is not None and parsed.provider not in allowed:
         raise bad_request(f"{param}: provider {parsed.provider!r} is not enabled on this "
                           f"server; requests may name: {', '.join(sorted(allowed)) or 'none'} "
                           "(or use fusion / fusion/<preset>)", param, "provider_not_allowed")
+    if provider.kind == "local" and parsed.model not in CATALOG:
+        # `local:` also takes a path to a .gguf (the CLI's and the library's own files);
+        # from a request that would name files on the server, and the error would say where
+        # they are and whether they exist. Requests name catalogue models only.
+        raise bad_request(f"{param}: a request may name only the built-in local models "
+                          f"({', '.join(sorted(CATALOG))}), not a file", param,
+                          "local_model_not_allowed")
 
 
 def _cap_samples(req: ChatRequest, options: dict[str, Any], settings: ServerSettings) -> None:

@@ -28,11 +28,12 @@ class TraceSink(Protocol):
 
     def record(self, result: FusionResult | None, *, messages: list[Message], source: str,
                preset: str | None = None, error: Exception | None = None,
-               mode: str | None = None) -> str: ...
+               mode: str | None = None, owner: str | None = None) -> str: ...
 
-    def recent(self, limit: int) -> list[Any]: ...
+    # owner None: every trace; else only that key's (server/auth.Caller.scope).
+    def recent(self, limit: int, *, owner: str | None = None) -> list[Any]: ...
 
-    def get(self, id_or_prefix: str) -> Any | None: ...
+    def get(self, id_or_prefix: str, *, owner: str | None = None) -> Any | None: ...
 
 
 class FusionService:
@@ -45,7 +46,8 @@ class FusionService:
             return None
         try:
             return self.store.record(result, messages=p.request.messages, source="server",
-                                     preset=p.preset, error=error, mode=p.fusion.plan.mode)
+                                     preset=p.preset, error=error, mode=p.fusion.plan.mode,
+                                     owner=p.owner)
         except Exception:  # a broken store must not turn an answer into a 500
             log.exception("trace store failed to record a fusion")
             return None

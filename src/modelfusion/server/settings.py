@@ -12,12 +12,16 @@ from ..options import MAX_TOKENS
 from .schemas import MAX_MESSAGES
 
 API_KEYS_ENV = "FUSION_API_KEYS"
+ADMIN_KEYS_ENV = "FUSION_ADMIN_KEYS"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ServerSettings:
     # Bearer keys; empty = no auth (only allowed on loopback unless --insecure).
     api_keys: tuple[str, ...] = ()
+    # Keys that also read every key's traces (server/auth.py); the others see their own.
+    # Either list turns auth on.
+    admin_keys: tuple[str, ...] = ()
     max_concurrent: int = 64  # fusions in flight; the next one gets 429
     max_body_bytes: int = 1 << 20  # 1 MiB
     # Entries in `messages` (OpenAI's own limit): each member call handles every one, so
@@ -107,6 +111,7 @@ def default_allowed_providers(config: Config) -> frozenset[str]:
     return frozenset(names)
 
 
-def keys_from_env() -> tuple[str, ...]:
-    raw = os.environ.get(API_KEYS_ENV, "")
+def keys_from_env(name: str = API_KEYS_ENV) -> tuple[str, ...]:
+    """The comma-separated keys in $name (FUSION_API_KEYS, or ADMIN_KEYS_ENV)."""
+    raw = os.environ.get(name, "")
     return tuple(k.strip() for k in raw.split(",") if k.strip())

@@ -38,6 +38,7 @@ class TraceSummary:
     total_ms: float | None
     prompt_preview: str | None  # None when prompts were not stored
     error_code: str | None
+    owner: str | None = None  # the server key's id (server/auth.key_id); None: no key
 
     @property
     def short_id(self) -> str:
@@ -58,6 +59,7 @@ class TraceSummary:
             "total_ms": self.total_ms,
             "prompt_preview": self.prompt_preview,
             "error": {"code": self.error_code} if self.error_code else None,
+            "owner": self.owner,
         }
 
 
@@ -125,6 +127,10 @@ class _Pending:
     preset: str | None
     mode: str | None
     error: Exception | None
+    owner: str | None = None
+    # False: keep nothing of the request's text (the store's store_prompts), neither the
+    # messages nor what other columns quote of them (verified's checks).
+    prompts: bool = True
 
 
 def _row(p: _Pending) -> dict[str, Any]:
@@ -132,17 +138,19 @@ def _row(p: _Pending) -> dict[str, Any]:
         "id": p.trace_id, "created_at": p.created_at, "source": p.source, "preset": p.preset,
         "messages": [m.to_dict() for m in p.messages] if p.messages is not None else None,
         "prompt_preview": _preview(p.messages),
-        "error_code": None, "error_message": None,
+        "error_code": None, "error_message": None, "owner": p.owner,
     }
     if p.result is not None:
-        row.update(_result_columns(p.result))
+        row.update(_result_columns(p.result, prompts=p.prompts))
     else:
         row.update(_failure_columns(p.error, p.mode))
     return _clean(row)
 
 
-def _result_columns(r: FusionResult) -> dict[str, Any]:
+def _result_columns(r: FusionResult, *, prompts: bool) -> dict[str, Any]:
     d = r.to_dict()
+    if not prompts and r.checks is not None:  # the checks quote the request's code
+        d["checks"] = r.checks.without_request_text().to_dict()
     ok = sum(m.ok for m in r.members)
     return {
         "mode": r.mode, "status": "ok", "answer": r.answer, "chosen": r.chosen,
@@ -202,6 +210,7 @@ def _summary(row: Any) -> TraceSummary:
         mode=row.mode, status=row.status, degraded=bool(row.degraded),
         members_ok=row.members_ok, members_failed=row.members_failed, cost=row.cost,
         total_ms=row.total_ms, prompt_preview=row.prompt_preview, error_code=row.error_code,
+        owner=row.owner,
     )
 
 

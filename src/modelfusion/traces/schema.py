@@ -47,6 +47,7 @@ URL_ENV = "FUSION_TRACES_URL"
 # whoever may call it, and the prompts of `fusion ask` are none of their business.
 SERVER_FILE = "server-traces.db"
 PREVIEW_CHARS = 200
+OWNER_CHARS = 64  # room for any key id (server/auth.py uses 24)
 
 # ---------------------------------------------------------------- schema
 
@@ -94,11 +95,17 @@ traces = Table(
     Column("members_failed", Integer, nullable=False),
     Column("error_code", Text),
     Column("error_message", Text),
+    # Which server key made it (server/auth.key_id: a hash, never the key); NULL for the
+    # CLI's and the library's traces and for a server without keys (schema v4).
+    Column("owner", String(OWNER_CHARS)),
 )
 _created_idx = Index("ix_traces_created_at", traces.c.created_at)
+# A key's own traces, newest first: what `GET /v1/fusion/traces` asks for most.
+_owner_idx = Index("ix_traces_owner_created_at", traces.c.owner, traces.c.created_at)
 
 
 def _v1(conn: Connection) -> None:
+    # The table as it is now (a later step finds its column there and only adds the index).
     conn.execute(CreateTable(traces, if_not_exists=True))
     conn.execute(CreateIndex(_created_idx, if_not_exists=True))
 
@@ -106,24 +113,33 @@ def _v1(conn: Connection) -> None:
 def _v2(conn: Connection) -> None:
     """`checks`: which visible checks each candidate passed (verified mode). Its own column,
     like `analysis` and `votes`: one JSON value per mode's account, NULL for other modes."""
-    _add_json_column(conn, "checks")
+    _add_column(conn, "checks")
 
 
 def _v3(conn: Connection) -> None:
     """`compute`: adaptive compute's account (samples used of max_samples, stages, why it
     stopped); NULL when a fusion ran without max_samples."""
-    _add_json_column(conn, "compute")
+    _add_column(conn, "compute")
 
 
-def _add_json_column(conn: Connection, name: str) -> None:
+def _v4(conn: Connection) -> None:
+    """`owner`: the id of the server key that made a trace, so a key reads only its own
+    (issue 12, item 9). Older traces have none: only an admin key sees them."""
+    _add_column(conn, "owner")
+    conn.execute(CreateIndex(_owner_idx, if_not_exists=True))
+
+
+def _add_column(conn: Connection, name: str) -> None:
+    """Add `traces.<name>` as the table above declares it, unless it is there already."""
     if name not in {c["name"] for c in inspect(conn).get_columns(traces.name)}:
-        kind = _Json.compile(dialect=conn.dialect)  # JSON on SQLite, JSONB on PostgreSQL
+        # JSON on SQLite, JSONB on PostgreSQL; VARCHAR(n) for a string.
+        kind = traces.c[name].type.compile(dialect=conn.dialect)
         conn.execute(text(f"ALTER TABLE traces ADD COLUMN {name} {kind}"))
 
 
 # Step N brings the schema from N-1 to N. Steps must be idempotent (SQLite replicas have no
 # lock to serialise them): add a column only after checking it is missing.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2, 3: _v3}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2, 3: _v3, 4: _v4}
 SCHEMA_VERSION = max(MIGRATIONS)
 
 # Any constant works; it only has to be the same for every modelfusion process.

@@ -2,8 +2,11 @@
 
 One SQLAlchemy Core schema serves SQLite (the default, `<data dir>/traces.db`) and
 PostgreSQL (shared by server replicas). A trace holds what `FusionResult.to_dict()` holds,
-plus the request messages (unless opened with `store_prompts=False`) and, for a failed
-fusion, the error and each member's failure. Nothing else: no headers, no config, no keys.
+plus the request messages and, for a failed fusion, the error and each member's failure;
+a server's trace also the id of the key that made it (`owner`: a hash, never the key).
+Nothing else: no headers, no config, no keys. Opened with `store_prompts=False` it keeps no
+request text: no messages, and verified's checks without their source, expected values,
+outputs or errors.
 
 `record()` only enqueues; one daemon writer thread batch-inserts, so a slow or broken
 database never delays or fails a fusion (failures are logged and counted in
@@ -31,6 +34,7 @@ from typing import Any
 
 from sqlalchemy import (
     Engine,
+    Select,
     exc,
     insert,
     select,
@@ -126,11 +130,13 @@ class TraceStore:
         error: Exception | None = None,
         trace_id: str | None = None,
         mode: str | None = None,
+        owner: str | None = None,
     ) -> str:
         """Queue one fusion (or a failed one: result None + error) and return its id at once.
 
-        `mode` is only needed for a failed fusion (a result knows its mode). Wrong arguments
-        are the caller's bug and raise ValueError; database trouble never raises here.
+        `mode` is only needed for a failed fusion (a result knows its mode). `owner` is who
+        may read it back besides an admin (the server's key id; never a secret). Wrong
+        arguments are the caller's bug and raise ValueError; database trouble never raises.
         """
         if source not in SOURCES:
             raise ValueError(f"source must be one of {sorted(SOURCES)}, not {source!r}")
@@ -142,7 +148,8 @@ class TraceStore:
         pending = _Pending(
             trace_id=trace_id, created_at=datetime.now(UTC), result=result,
             messages=to_messages(messages) if self.store_prompts else None,
-            source=source, preset=preset, mode=mode, error=error,
+            source=source, preset=preset, mode=mode, error=error, owner=owner,
+            prompts=self.store_prompts,
         )
         with self._cond:
             if self._closed or self._pending >= MAX_QUEUED:
@@ -250,18 +257,23 @@ class TraceStore:
         with self.engine.begin() as conn:
             conn.execute(insert(traces), rows)
 
-    # ---- reading
+    # ---- reading: `owner` None reads every trace (the CLI, an admin key); an owner's id
+    # reads only the traces recorded with it, so a prefix or an ambiguity never tells one
+    # key about another's traces.
 
-    def recent(self, limit: int = 20) -> list[TraceSummary]:
-        """The newest `limit` traces, newest first."""
+    def recent(self, limit: int = 20, *, owner: str | None = None) -> list[TraceSummary]:
+        """The newest `limit` traces (of `owner`, if given), newest first."""
         cols = [c for c in traces.c if c.name not in _HEAVY]
-        query = (select(*cols).order_by(traces.c.created_at.desc(), traces.c.id.desc())
+        query = (_owned(select(*cols), owner)
+                 .order_by(traces.c.created_at.desc(), traces.c.id.desc())
                  .limit(max(0, limit)))
         with self._reading() as conn:
             return [_summary(row) for row in conn.execute(query)]
 
-    def get(self, trace_id_or_prefix: str) -> TraceRecord | None:
-        """The full trace by id or unique id prefix; None if none matches.
+    def get(self, trace_id_or_prefix: str, *, owner: str | None = None
+            ) -> TraceRecord | None:
+        """The full trace by id or unique id prefix (among `owner`'s, if given); None if
+        none matches.
 
         An ambiguous prefix is a `UsageError` listing the candidates.
         """
@@ -269,11 +281,12 @@ class TraceStore:
         if not key or not _ID.match(key):
             return None
         with self._reading() as conn:
-            row = conn.execute(select(traces).where(traces.c.id == key)).first()
+            row = conn.execute(_owned(select(traces), owner).where(traces.c.id == key)).first()
             if row is not None:
                 return _record(row)
             ids = conn.scalars(
-                select(traces.c.id).where(traces.c.id.startswith(key, autoescape=True))
+                _owned(select(traces.c.id), owner)
+                .where(traces.c.id.startswith(key, autoescape=True))
                 .order_by(traces.c.created_at.desc()).limit(6)
             ).all()
             if len(ids) > 1:
@@ -293,6 +306,11 @@ class TraceStore:
         except exc.SQLAlchemyError as e:
             raise UsageError(f"cannot read the trace store at {self.url}: "
                              f"{_db_reason(e)}") from None
+
+
+def _owned(query: Select[Any], owner: str | None) -> Select[Any]:
+    """The one place traces are scoped to an owner."""
+    return query if owner is None else query.where(traces.c.owner == owner)
 
 
 # Columns `recent()` leaves out: they can be large and the log does not show them.
