@@ -71,10 +71,10 @@ async def test_fuse_runs_the_panel_and_reports_each_member(upstream: FakeUpstrea
     upstream.script("c", Fault("status", status=500), Fault("status", status=500),
                     Fault("status", status=500))
     upstream.script("judge", VERDICT)
-    progress: list[str | None] = []
+    notes: list[str | None] = []
 
-    async def on_progress(value: float, total: float | None, message: str | None) -> None:
-        progress.append(message)
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        notes.append(message)
 
     async with session(server(fake_config, home)) as s:
         result = await s.call_tool("fuse", {
@@ -96,8 +96,8 @@ async def test_fuse_runs_the_panel_and_reports_each_member(upstream: FakeUpstrea
     assert data["trace_id"] and f"trace {data['trace_id']}" in footer
     assert "2/3 members ok" in footer and "fake:c: failed (upstream_error)" in footer
     assert f"chosen: {data['chosen']} (B says it plainly)" in footer
-    assert any(m and m.startswith("fake:a answered") for m in progress)
-    assert "judge fake:judge deciding" in progress
+    assert any(m and m.startswith("fake:a answered") for m in notes)
+    assert "judge fake:judge deciding" in notes
     assert [r.model for r in upstream.requests].count("judge") == 1
 
 
