@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -179,3 +180,13 @@ async def test_review_returns_the_merged_findings_of_a_diff(upstream, fake_confi
     (report,) = text_of(result)
     assert report.startswith("## modelfusion review") and "range stops one early" in report
     assert broken.is_error and "not a unified diff" in text_of(broken)[0]
+
+
+def test_without_the_sdk_the_command_says_how_to_install_it(fake_config, home):
+    code = ("import sys; sys.modules['mcp'] = None; sys.argv = ['fusion', 'mcp']\n"
+            "from modelfusion.cli import main; main()")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FUSION_")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**env, "MODELFUSION_HOME": str(home)}, timeout=60)
+    assert proc.returncode == 2
+    assert "pip install 'modelfusion[mcp]'" in proc.stderr and proc.stdout == ""

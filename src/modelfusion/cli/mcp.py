@@ -12,17 +12,17 @@ from .common import handle_errors
 
 HELP = """Serve modelfusion to an MCP client (Claude Code, Cursor, …) over stdio.
 
-Tools: `fuse` (a prompt → one fused answer from the panel, with each member's status, the
-decision, tokens, cost and the trace id) and `review` (a unified diff → merged findings).
-The client starts this command itself; stdout carries the protocol, so nothing else is
-printed there.
+Tools: fuse (a prompt → one fused answer from the panel, with each member's status, the \
+decision, tokens, cost and the trace id) and review (a unified diff → the merged \
+findings). The client starts this command itself; stdout carries the protocol, so nothing \
+else is printed there.
 
 \b
-Claude Code:   claude mcp add fusion -- fusion mcp
-With a config: claude mcp add fusion -- fusion mcp --config /path/to/fusion.toml
-Any client:    command "fusion", args ["mcp"]
+Claude Code:    claude mcp add fusion -- fusion mcp
+With a config:  claude mcp add fusion -- fusion mcp --config ~/fusion.toml
+Other clients:  command "fusion", args ["mcp"]
 
-Needs the MCP SDK: pip install 'modelfusion[mcp]'. The config is read once, at start."""
+Needs the MCP SDK: pip install 'modelfusion\\[mcp]'. The config is read once, at start."""
 
 
 @handle_errors
