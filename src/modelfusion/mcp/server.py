@@ -99,10 +99,12 @@ def build_server(config: Config, *, store: TraceStore | None = None) -> MCPServe
         messages = [*([Message("system", system)] if system else []), Message("user", prompt)]
         try:
             result = await _fused(fusion, prompt, ctx)
+        except UsageError as e:
+            raise _tool_error(e) from None
         except RunError as e:
             trace_id = _record(store, None, messages, fusion, error=e)
             raise ToolError(failure_text(e, trace_id=trace_id)) from None
-        except FusionError as e:  # a usage error found while running, say
+        except FusionError as e:
             raise ToolError(f"fusion failed ({e.code}): {e}") from None
         trace_id = _record(store, result, messages, fusion)
         return CallToolResult(
