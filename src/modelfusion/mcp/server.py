@@ -140,8 +140,10 @@ def build_server(config: Config, *, store: TraceStore | None = None) -> MCPServe
                                  "nothing to review within the limits: every file is too "
                                  "large")
             progress = _Progress(ctx, total=len(chunks))
-            parts = await review_chunks(fusion, chunks, progress.part_done)
-            await progress.flush()
+            try:
+                parts = await review_chunks(fusion, chunks, progress.part_done)
+            finally:
+                await progress.flush()
         except UsageError as e:
             raise _tool_error(e) from None
         failed = [p for p in parts if p.error]
@@ -168,12 +170,14 @@ def _tool_error(e: UsageError) -> ToolError:
 async def _fused(fusion: Fusion, prompt: str, ctx: Context) -> FusionResult:
     result: FusionResult | None = None
     progress = _Progress(ctx)
-    async with fusion:
-        async for event in fusion.stream(prompt):
-            if (note := _progress_note(event)) is not None:
-                progress.send(note)
-            result = event.result or result
-    await progress.flush()
+    try:
+        async with fusion:
+            async for event in fusion.stream(prompt):
+                if (note := _progress_note(event)) is not None:
+                    progress.send(note)
+                result = event.result or result
+    finally:
+        await progress.flush()
     assert result is not None
     return result
 
@@ -208,7 +212,8 @@ class _Progress:
         self.send(f"{part.chunk.path}: {state}")
 
     async def flush(self) -> None:
-        await asyncio.gather(*self._sent)
+        # A notification that could not be sent (the client went away) fails nothing.
+        await asyncio.gather(*self._sent, return_exceptions=True)
 
 
 def _record(store: TraceStore | None, result: FusionResult | None, messages: list[Message],
