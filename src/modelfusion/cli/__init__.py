@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from . import ask, eval, local, review, serve, traces
+from . import ask, eval, local, mcp, review, serve, skills, traces
 
 app = typer.Typer(
     help="One prompt, a panel of LLMs in parallel, one fused answer.\n\n"
@@ -39,7 +39,7 @@ def _root(
     """One prompt, a panel of LLMs in parallel, one fused answer."""
 
 
-for module in (ask, local, eval, serve, traces, review):
+for module in (ask, local, eval, serve, traces, review, mcp, skills):
     module.register(app)
 
 

@@ -11,10 +11,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from ..config import DEFAULT_LOCAL_PRESET
 from ..errors import UsageError
 from ..files import atomic_write
-from ..fusion import Fusion
 from ..review import report
 from ..review.diff import (
     DEFAULT_CHUNK_CHARS,
@@ -23,12 +21,18 @@ from ..review.diff import (
     bounded,
     parse_diff,
 )
-from ..review.findings import MEMBER_SCHEMA, SEVERITIES, Finding, at_or_above, sort_findings
-from ..review.runner import REVIEW_SYSTEM, PartReview, read_diff, review_chunks
+from ..review.findings import SEVERITIES, Finding, at_or_above
+from ..review.runner import (
+    PartReview,
+    merged,
+    panel_line,
+    read_diff,
+    review_chunks,
+    review_fusion,
+    summary,
+)
 from ..types import FusionEvent
 from .common import cli_skills, err, handle_errors, safe
-
-REVIEW_DEADLINE = 600.0  # seconds per part: three local members and a judge on a busy CPU
 
 
 def register(app: typer.Typer) -> None:
@@ -85,16 +89,10 @@ def register(app: typer.Typer) -> None:
             raise UsageError(f"--fail-on {fail_on!r}: choose one of {', '.join(SEVERITIES)}")
         if min_agreement < 1:
             raise UsageError("--min-agreement must be at least 1")
-        skills = cli_skills(skill, skills_from_repo)
-        # The default panel is the embedded one, whatever default_preset a config names:
-        # code leaves the machine only when the user names a remote model or preset.
-        fusion = Fusion(
-            model or None, judge, "review", preset=preset,
-            default_preset=DEFAULT_LOCAL_PRESET.name, config=config, offline=offline or None,
-            system=REVIEW_SYSTEM, skills=skills, response_schema=MEMBER_SCHEMA,
-            max_tokens=max_tokens, timeout=timeout, seed=seed,
-            deadline=deadline or REVIEW_DEADLINE,
-        )
+        fusion = review_fusion(model, judge, preset=preset, config=config,
+                               offline=offline or None, deadline=deadline,
+                               skills=cli_skills(skill, skills_from_repo),
+                               max_tokens=max_tokens, timeout=timeout, seed=seed)
         text = read_diff(base=base, diff=diff, staged=staged, stdin_text=_stdin)
         chunks, left_out = bounded(parse_diff(text), chunk_chars, max_chunks=max_chunks,
                                    max_file_chars=max_file_chars)
@@ -113,7 +111,7 @@ def register(app: typer.Typer) -> None:
         prepare(fusion, err)
         files = len({c.path for c in chunks})
         err.print(safe(f"Reviewing {files} file(s) in {len(chunks)} part(s) with "
-                       f"{_panel(fusion)}…"))
+                       f"{panel_line(fusion)}…"))
 
         def progress(i: int, part: PartReview) -> None:
             name = part.chunk.path + (f" ({part.chunk.part}/{part.chunk.parts})"
@@ -135,10 +133,8 @@ def register(app: typer.Typer) -> None:
                                "findings", "dim"))
 
         parts = asyncio.run(review_chunks(fusion, chunks, progress, activity))
-        findings = sort_findings([f for p in parts for f in p.findings
-                                  if f.agreed_by >= min_agreement])
-        _write(findings, {**_summary(fusion, parts),
-                          "left_out": [i.to_dict() for i in left_out]}, fmt, output or [])
+        findings = merged(parts, min_agreement)
+        _write(findings, summary(fusion, parts, left_out), fmt, output or [])
         if left_out:
             err.print(safe(f"{len(left_out)} file(s) left out of the review (see above); "
                            "raise --max-chunks or --max-file-chars to include them.",
@@ -159,18 +155,6 @@ def _stdin() -> str:
     if sys.stdin is None or sys.stdin.isatty():
         raise UsageError("--diff -: pipe a diff in (git diff | fusion review --diff -)")
     return sys.stdin.read()
-
-
-def _panel(fusion: Fusion) -> str:
-    seats = [s.label for s in fusion.plan.seats]
-    return f"{len(seats)} model(s) ({', '.join(seats)}), judge {fusion.plan.judge.label}"
-
-
-def _summary(fusion: Fusion, parts: list[PartReview]) -> dict[str, Any]:
-    judged = [p.result.judge.status for p in parts if p.result]
-    return {"models": _panel(fusion), "chunks": len(parts),
-            "failed": sum(1 for p in parts if p.error),
-            "judge": {s: judged.count(s) for s in sorted(set(judged))}}
 
 
 SUFFIX_FORMATS = {".sarif": "sarif", ".md": "markdown", ".json": "json"}

@@ -8,15 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from ..config import DEFAULT_LOCAL_PRESET, Config
 from ..errors import FusionError, UsageError
 from ..fusion import Fusion
 from ..types import FusionEvent, FusionResult
-from .diff import Chunk
-from .findings import Finding, ReviewAnalysis, anchor, parse_findings
+from .diff import Chunk, LeftOut
+from .findings import (
+    MEMBER_SCHEMA,
+    Finding,
+    ReviewAnalysis,
+    anchor,
+    parse_findings,
+    sort_findings,
+)
 
 REVIEW_SYSTEM = """You are a careful code reviewer. You get part of a diff. Each line shows \
 its line number in the new file (removed lines have none), then "+" for an added line, "-" \
@@ -33,6 +42,8 @@ critical", "category": "bug|security|performance|error-handling|maintainability|
 other", "message": "<what is wrong and why>", "suggestion": "<how to fix it>"}]}
 With no problems: {"findings": []}"""
 
+# Seconds per part: three local members and a judge on a busy CPU.
+REVIEW_DEADLINE = 600.0
 # Chunks reviewed at once. Local members queue on their provider anyway; remote panels gain.
 PARALLEL_CHUNKS = 4
 
@@ -61,6 +72,39 @@ class PartReview:
                 if m.ok else None
             out[m.model] = None if found is None else [anchor(f, lines) for f in found]
         return out
+
+
+def review_fusion(models: Sequence[str] | None, judge: str | None, *, preset: str | None,
+                  config: Config | str | None, offline: bool | None = None,
+                  deadline: float | None = None, **options: Any) -> Fusion:
+    """The review's Fusion, for `fusion review` and the MCP `review` tool alike: mode
+    `review`, the reviewer's prompt and schema, a deadline per part. With no models and no
+    preset the panel is the embedded one, whatever default_preset a config names: code
+    leaves the machine only when the user names a remote model or preset."""
+    return Fusion(models or None, judge, "review", preset=preset,
+                  default_preset=DEFAULT_LOCAL_PRESET.name, config=config, offline=offline,
+                  system=REVIEW_SYSTEM, response_schema=MEMBER_SCHEMA,
+                  deadline=deadline or REVIEW_DEADLINE, **options)
+
+
+def panel_line(fusion: Fusion) -> str:
+    """`2 model(s) (a, b), judge c`: who reviews, for a person."""
+    seats = [s.label for s in fusion.plan.seats]
+    return f"{len(seats)} model(s) ({', '.join(seats)}), judge {fusion.plan.judge.label}"
+
+
+def merged(parts: list[PartReview], min_agreement: int = 1) -> list[Finding]:
+    """Every part's findings that at least `min_agreement` members reported, worst first."""
+    return sort_findings([f for p in parts for f in p.findings if f.agreed_by >= min_agreement])
+
+
+def summary(fusion: Fusion, parts: list[PartReview], left_out: list[LeftOut]) -> dict[str, Any]:
+    """The report's summary: who reviewed, how many parts, which failed, what was left out."""
+    judged = [p.result.judge.status for p in parts if p.result]
+    return {"models": panel_line(fusion), "chunks": len(parts),
+            "failed": sum(1 for p in parts if p.error),
+            "judge": {s: judged.count(s) for s in sorted(set(judged))},
+            "left_out": [i.to_dict() for i in left_out]}
 
 
 def prompt(chunk: Chunk) -> str:

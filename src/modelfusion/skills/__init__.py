@@ -26,6 +26,7 @@ class Skill:
     name: str
     instructions: str  # for every member's system prompt
     rubric: str = ""  # for the judge; empty: the judge gets nothing extra
+    description: str = ""  # the pack's own line about itself (what exports describe it by)
 
 
 def available_skills() -> list[str]:
@@ -47,7 +48,15 @@ def parse_skill(name: str, text: str) -> Skill:
     instructions = sections.get("instructions", "").strip()
     if not instructions:
         raise UsageError(f"skill {name!r} has no '## Instructions' section")
-    return Skill(name, instructions, sections.get("rubric", "").strip())
+    return Skill(name, instructions, sections.get("rubric", "").strip(),
+                 _description(text))
+
+
+def _description(text: str) -> str:
+    """The paragraph between the `# title` and the first `##` section, as one line."""
+    head = re.split(r"^##\s", text, maxsplit=1, flags=re.M)[0]
+    lines = [ln.strip() for ln in head.splitlines() if not ln.startswith("# ")]
+    return " ".join(ln for ln in lines if ln)
 
 
 def _sections(text: str) -> dict[str, str]:
