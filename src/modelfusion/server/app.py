@@ -144,7 +144,7 @@ def create_app(config: Config, store: TraceSink | None = None,
     async def crash(_: Request, e: Exception) -> JSONResponse:
         log.error("unhandled error", exc_info=e)
         err = internal_error()
-        return JSONResponse(err.body(), status_code=500)
+        return JSONResponse(err.body(), status_code=500, headers=err.headers)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
