@@ -128,8 +128,8 @@ class FusionOptions:
     max_tokens: int | None = _option(None, INT, **_TOKENS, flag=True)
     # The bound on the final answer where a judge writes it (merge, debate): its writing
     # verdict gets at most this many tokens (and at most judge_max_tokens). None:
-    # judge_max_tokens alone. The server sets it from a request's max_tokens (an OpenAI client's bound is on
-    # the answer it gets); the CLI's --max-tokens stays per member answer.
+    # judge_max_tokens alone. The server sets it from a request's max_tokens (an OpenAI
+    # client's bound is on the answer it gets); the CLI's --max-tokens stays per member.
     answer_max_tokens: int | None = _option(None, INT, **_TOKENS)
     timeout: float = _option(120.0, NUMBER, **_SECONDS)  # per member
     deadline: float = _option(300.0, NUMBER, **_SECONDS)  # whole fusion

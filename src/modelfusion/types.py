@@ -217,7 +217,8 @@ class FusionResult:
     compute: Compute | None = None  # adaptive compute: samples spent, why it stopped
     # Why the answer ended: the finish reason of the call that wrote it (the chosen member's,
     # or the judge's where the judge wrote it); "length" = cut at max_tokens. None: not a
-    # model's text (vote's label, review's findings) or not reported.
+    # model's text (vote's label, review's findings) or not reported. Not in to_dict(): a
+    # trace keeps the --json contract and has no column for it (the members' is kept).
     finish_reason: str | None = None
 
     @property
@@ -242,7 +243,6 @@ class FusionResult:
             "degraded": self.degraded,
             "chosen": self.chosen,
             "reason": self.reason,
-            "finish_reason": self.finish_reason,
             "members": [m.to_dict() for m in self.members],
             "judge": self.judge.to_dict(),
             "analysis": self.analysis.to_dict() if self.analysis else None,
