@@ -28,6 +28,7 @@ from .options import FusionOptions as FusionOptions
 from .panel import Member, Panel, PanelOptions
 from .plan import Plan, Seat, resolve
 from .providers.base import Provider, build_provider
+from .text import until_stop
 from .types import FusionEvent, FusionResult, MemberResult, Message, Timings, to_messages
 
 DEPTH_HEADER = "X-Fusion-Depth"
@@ -187,7 +188,8 @@ class Fusion:
             return ModeContext(messages=messages, candidates=candidates, members=results,
                                judge=judge, seed=seed, nonce=nonce, emit=emit, panel=panel,
                                seats=members, deadline_at=deadline_at, rounds=opts.rounds,
-                               rubric=plan.rubric, memo=memo)
+                               rubric=plan.rubric, memo=memo,
+                               answer_max_tokens=opts.answer_max_tokens)
 
         if plan.first is None:  # every seat at once
             results = await self._stage(panel, [(m, messages) for m in members], panel_end,
@@ -204,16 +206,19 @@ class Fusion:
         skip = nothing_to_judge(candidates) if mode.shortcut else None
         if skip:
             judge.skip(skip)
-            outcome = ModeOutcome(answer=candidates[0].content or "", chosen=candidates[0].model,
-                                  reason=skip.replace("_", " "))
+            outcome = ModeOutcome.picked(candidates[0], reason=skip.replace("_", " "))
         else:
             outcome = await mode.run(ctx)
             if not judge.shown:  # a mode that judged a subset said which itself
                 judge.show(ctx.labeled())
-        emit(FusionEvent("answer_delta", text=outcome.answer))
+        answer, finish = outcome.answer, outcome.finish_reason
+        if opts.stop and (cut := until_stop(answer, opts.stop)) is not None:
+            answer, finish = cut, "stop"  # a judge's text ends where the caller's stop says
+        emit(FusionEvent("answer_delta", text=answer))
         total = time.monotonic() - started
         result = FusionResult(
-            answer=outcome.answer,
+            answer=answer,
+            finish_reason=finish,
             mode=plan.mode,
             members=results,
             judge=judge.result,

@@ -200,6 +200,9 @@ class Judge:
         self._elapsed = 0.0
         self._cost_unknown = False
         self._shown = False
+        # Why the reply of the last verdict that stood ended (a mode whose judge writes the
+        # answer reports it as the answer's finish reason).
+        self.finish_reason: str | None = None
 
     @property
     def shown(self) -> bool:
@@ -307,7 +310,7 @@ class Judge:
                 self.result.reason = "judge_empty_completion"
                 continue
             try:
-                return validate(parse_json(completion.content))
+                value = validate(parse_json(completion.content))
             except (ValueError, TypeError, KeyError) as e:
                 self.result.reason = (
                     "judge_not_valid_json" if isinstance(e, json.JSONDecodeError)
@@ -323,6 +326,9 @@ class Judge:
                     Message("user", "That reply was not a valid JSON object matching the schema "
                             f"({e}).{cut} Reply again with only the JSON object."),
                 ]
+                continue
+            self.finish_reason = completion.finish_reason
+            return value
         return None
 
     def _account(self, seat: JudgeSeat, usage: Usage, cost: float | None) -> None:

@@ -29,6 +29,7 @@ MAX_SEED = 2**32 - 1
 # "off" (every seat at once, as without it) lets a caller override a preset's budget.
 EFFORT_SAMPLES: dict[str, int] = {"low": 2, "medium": 4, "high": 8}
 EFFORT_OFF = "off"
+MAX_STOP = 4  # stop sequences per request, OpenAI's own limit
 
 T = TypeVar("T")
 INT: tuple[type, ...] = (int,)
@@ -116,9 +117,20 @@ class FusionOptions:
     # Members; None = provider default (0.7 for self-fusion copies).
     temperature: float | None = _option(None, NUMBER, minimum=0, maximum=2)
     judge_temperature: float = _option(0.0, NUMBER, minimum=0, maximum=2)
+    # Members' nucleus sampling; None = provider default. Not the judge's: it is greedy.
+    top_p: float | None = _option(None, NUMBER, minimum=0, maximum=1, above_minimum=True)
+    # Where the answer ends (OpenAI's `stop`): members stop there, and an answer the judge
+    # wrote is cut at the first one (never sent to the judge: its JSON would break there).
+    stop: tuple[str, ...] = _option((), (tuple, list),
+                                    says=f"at most {MAX_STOP} non-empty strings")
     # Room for a merge answer plus its analysis.
     judge_max_tokens: int = _option(2048, INT, **_TOKENS)
     max_tokens: int | None = _option(None, INT, **_TOKENS, flag=True)
+    # The bound on the final answer where a judge writes it (merge, debate): its writing
+    # verdict gets at most this many tokens (and at most judge_max_tokens). None:
+    # judge_max_tokens alone. The server sets it from a request's max_tokens (an OpenAI
+    # client's bound is on the answer it gets); the CLI's --max-tokens stays per member.
+    answer_max_tokens: int | None = _option(None, INT, **_TOKENS)
     timeout: float = _option(120.0, NUMBER, **_SECONDS)  # per member
     deadline: float = _option(300.0, NUMBER, **_SECONDS)  # whole fusion
     retries: int = _option(2, INT, minimum=0, maximum=10)
@@ -171,6 +183,8 @@ class FusionOptions:
             if value is None and f.default is None:
                 continue  # unset
             check_option(f.name, value, n_members)
+        if len(self.stop) > MAX_STOP or not all(isinstance(s, str) and s for s in self.stop):
+            raise UsageError(f"stop must be {RULES['stop'].wants(n_members)}", option="stop")
         if self.max_samples is not None and self.effort is not None:
             raise UsageError("set --max-samples or --effort, not both", option="effort")
         try:

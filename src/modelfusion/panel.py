@@ -209,6 +209,7 @@ class Panel:
             self._fail(result, "bad_response", "empty completion", round_no)
             return
         result.content = completion.content
+        result.finish_reason = completion.finish_reason
         result.usage = completion.usage
         u = completion.usage
         result.cost = call_cost(completion.cost, u.prompt_tokens, u.completion_tokens,
@@ -241,6 +242,7 @@ class Panel:
         result.reason = reason  # type: ignore[assignment]
         result.error = message
         result.content = None
+        result.finish_reason = None
         self._emit(FusionEvent("member_failed", member=result.index, model=result.model,
                                member_result=result, round=round_no))
 
@@ -256,7 +258,7 @@ def _sample_groups(jobs: list[tuple[Member, list[Message]]]) -> list[list[int]]:
             first, first_messages = jobs[group[0]]
             if (isinstance(member.provider, BatchProvider)
                     and member.provider is first.provider and member.model == first.model
-                    and member.params.json_schema is None and first.params.json_schema is None
+                    and _batchable(member.params) and _batchable(first.params)
                     and member.params.max_tokens == first.params.max_tokens
                     and messages == first_messages):
                 group.append(i)
@@ -264,6 +266,13 @@ def _sample_groups(jobs: list[tuple[Member, list[Message]]]) -> list[list[int]]:
         else:
             groups.append([i])
     return groups
+
+
+def _batchable(params: GenerationParams) -> bool:
+    """Free-form text the batch decodes as asked: no JSON schema (a grammar is applied per
+    call), and neither stop strings nor top_p (its sampler and stop strings are the chat
+    template's; such calls go alone, through create_chat_completion, which takes both)."""
+    return params.json_schema is None and params.stop is None and params.top_p is None
 
 
 def _loop_time(monotonic_deadline: float) -> float:

@@ -194,6 +194,7 @@ def _seat(spec: ModelSpec, k: int, label: str, temperature: float | None,
           opts: FusionOptions) -> Seat:
     params = GenerationParams(temperature=temperature, max_tokens=opts.max_tokens,
                               seed=None if opts.seed is None else opts.seed + k,
+                              top_p=opts.top_p, stop=tuple(opts.stop) or None,
                               json_schema=opts.response_schema)
     return Seat(label, spec.provider, spec.model, params, copy=k)
 

@@ -4,6 +4,7 @@ and made fit to show (`printable`: what a terminal would act on, removed)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 # What a terminal acts on rather than shows: ESC starts colour, title, clipboard and
 # hyperlink sequences, CR and BS overwrite what was shown, 0x80-0x9f are the 8-bit forms
@@ -20,6 +21,13 @@ def clip(text: str, limit: int, *, one_line: bool = False) -> str:
     if one_line:
         text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def until_stop(text: str, stops: Sequence[str]) -> str | None:
+    """`text` up to the first of the `stops` it holds (OpenAI's `stop`: the sequence is not
+    part of the answer); None when it holds none."""
+    ends = [i for s in stops if s and (i := text.find(s)) >= 0]
+    return text[:min(ends)] if ends else None
 
 
 def printable(text: str) -> str:

@@ -67,6 +67,9 @@ class GenerationParams:
     temperature: float | None = None
     max_tokens: int | None = None
     seed: int | None = None
+    top_p: float | None = None  # nucleus sampling; None = the provider's default
+    # Strings that end the answer where they first appear (not part of it): OpenAI's `stop`.
+    stop: tuple[str, ...] | None = None
     # A JSON schema the answer must follow; providers that support structured output enforce it.
     json_schema: dict[str, Any] | None = None
 
@@ -96,6 +99,8 @@ class MemberResult:
     latency_ms: float = 0.0
     cost: float | None = None
     attempts: int = 0
+    # Why the model stopped, as its provider said: "stop", "length" (cut at max_tokens)...
+    finish_reason: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -112,6 +117,7 @@ class MemberResult:
             "latency_ms": round(self.latency_ms, 1),
             "cost": self.cost,
             "attempts": self.attempts,
+            "finish_reason": self.finish_reason,
         }
 
     @classmethod
@@ -120,7 +126,8 @@ class MemberResult:
         return cls(index=index, model=d["model"], status=d["status"], reason=d.get("reason"),
                    error=d.get("error"), content=d.get("content"),
                    usage=Usage(**d.get("usage") or {}), latency_ms=d.get("latency_ms") or 0.0,
-                   cost=d.get("cost"), attempts=d.get("attempts") or 0)
+                   cost=d.get("cost"), attempts=d.get("attempts") or 0,
+                   finish_reason=d.get("finish_reason"))
 
 
 @dataclass(slots=True)
@@ -208,6 +215,11 @@ class FusionResult:
     timings: Timings = field(default_factory=Timings)
     checks: ChecksReport | None = None  # verified mode: which checks each candidate passed
     compute: Compute | None = None  # adaptive compute: samples spent, why it stopped
+    # Why the answer ended: the finish reason of the call that wrote it (the chosen member's,
+    # or the judge's where the judge wrote it); "length" = cut at max_tokens. None: not a
+    # model's text (vote's label, review's findings) or not reported. Not in to_dict(): a
+    # trace keeps the --json contract and has no column for it (the members' is kept).
+    finish_reason: str | None = None
 
     @property
     def usage(self) -> Usage:

@@ -37,6 +37,9 @@ class ModeContext:
     deadline_at: float
     rounds: int = 1
     rubric: str = ""  # from the fusion's skills: extra judging rules, after ours
+    # The caller's bound on the answer (the `answer_max_tokens` option): a judge that
+    # writes the answer (merge, debate) is held to it, below its own judge_max_tokens.
+    answer_max_tokens: int | None = None
     # What a mode keeps between its acceptance test and its run over every candidate (one
     # dict per fusion; verified keeps each candidate's check run there, so none runs twice).
     memo: dict[Any, Any] = field(default_factory=dict)
@@ -68,6 +71,15 @@ class ModeOutcome:
     chosen: str | None = None
     reason: str | None = None
     checks: ChecksReport | None = None  # verified mode
+    # Why the answer's text ended (FusionResult.finish_reason): `picked` carries the
+    # member's; a mode whose judge wrote the answer passes `Judge.finish_reason`.
+    finish_reason: str | None = None
+
+    @classmethod
+    def picked(cls, member: MemberResult, **fields: Any) -> ModeOutcome:
+        """A member's answer, verbatim: its text, its spec and why its text ended."""
+        return cls(answer=member.content or "", chosen=member.model,
+                   finish_reason=member.finish_reason, **fields)
 
 
 ModeFn = Callable[[ModeContext], Awaitable[ModeOutcome]]

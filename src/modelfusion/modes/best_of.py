@@ -90,8 +90,8 @@ async def best_of(ctx: ModeContext) -> ModeOutcome:
     if len(pool) == 1:
         ctx.judge.skip("suspicious_candidates")
         chosen = pool[0]
-        return ModeOutcome(answer=chosen.content or "", chosen=chosen.model,
-                           reason="the only candidate that did not address the judge")
+        return ModeOutcome.picked(chosen,
+                                  reason="the only candidate that did not address the judge")
     verdict = await _pick(ctx, pool)
     if verdict is INCONSISTENT:
         chosen = consensus_pick(pool)
@@ -103,4 +103,4 @@ async def best_of(ctx: ModeContext) -> ModeOutcome:
     else:
         item, reason = verdict
         chosen = item.member
-    return ModeOutcome(answer=chosen.content or "", chosen=chosen.model, reason=reason)
+    return ModeOutcome.picked(chosen, reason=reason)

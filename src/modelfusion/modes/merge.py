@@ -47,16 +47,15 @@ def _validate(data: Any) -> tuple[Analysis, str]:
 
 async def merge_candidates(ctx: ModeContext, labeled: list[Labeled]) -> ModeOutcome:
     system, prompt = ctx.judge_prompt(labeled, TASK)
-    verdict = await ctx.judge.verdict(system, prompt, SCHEMA, _validate)
+    # The judge writes the answer here, so the caller's bound on an answer is its bound.
+    verdict = await ctx.judge.verdict(system, prompt, SCHEMA, _validate,
+                                      max_tokens=ctx.answer_max_tokens)
     if verdict is None:
         chosen = consensus_pick([item.member for item in labeled])
-        return ModeOutcome(
-            answer=chosen.content or "",
-            chosen=chosen.model,
-            reason="judge failed; returned the candidate that agrees most with the others",
-        )
+        return ModeOutcome.picked(
+            chosen, reason="judge failed; returned the candidate that agrees most with the others")
     analysis, answer = verdict
-    return ModeOutcome(answer=answer, analysis=analysis)
+    return ModeOutcome(answer=answer, analysis=analysis, finish_reason=ctx.judge.finish_reason)
 
 
 @register("merge", accept=SAMPLES_AGREE)

@@ -193,8 +193,7 @@ async def _judge(ctx: ModeContext, pool: list[MemberResult], report: ChecksRepor
     else:
         winner, judge_reason = picked
         reason = f"{head}; judge: {judge_reason}"
-    return ModeOutcome(answer=winner.content or "", chosen=winner.model, reason=reason,
-                       checks=report)
+    return ModeOutcome.picked(winner, reason=reason, checks=report)
 
 
 def _chosen(ctx: ModeContext, winner: MemberResult, why: str, reason: str,
@@ -202,8 +201,7 @@ def _chosen(ctx: ModeContext, winner: MemberResult, why: str, reason: str,
     """The answer without a judge call: `why` is the judge's skip reason."""
     ctx.judge.skip(why)
     ctx.judge.show([])
-    return ModeOutcome(answer=winner.content or "", chosen=winner.model, reason=reason,
-                       checks=report)
+    return ModeOutcome.picked(winner, reason=reason, checks=report)
 
 
 def _groups(pool: list[MemberResult], report: ChecksReport) -> list[list[MemberResult]]:

@@ -90,6 +90,10 @@ class OpenAICompatProvider:
             request["max_tokens"] = params.max_tokens
         if params.seed is not None:
             request["seed"] = params.seed
+        if params.top_p is not None:
+            request["top_p"] = params.top_p
+        if params.stop:
+            request["stop"] = list(params.stop)
         body = {**self._extra_body, "messages": [m.to_dict() for m in messages]}
         if params.json_schema is not None:
             # Sent as a plain body field: the SDK would otherwise re-process the schema on

@@ -24,7 +24,7 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
-from ..config import DEFAULT_LOCAL_PRESET, Config, parse_spec
+from ..config import Config, parse_spec
 from ..errors import UsageError
 from ..fusion import DEPTH_HEADER, ProviderPool
 from ..providers.base import warm
@@ -33,6 +33,7 @@ from .auth import Keys
 from .errors import ApiError, internal_error
 from .guards import add_browser_guards, require_json
 from .limits import FusionGate, read_body
+from .models import model_card, model_list
 from .openapi import request_body
 from .resolve import parse_depth, prepare
 from .schemas import parse_chat_request
@@ -125,10 +126,16 @@ def create_app(config: Config, store: TraceSink | None = None,
         return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
 
     @app.exception_handler(HTTPException)
-    async def http_error(_: Request, e: HTTPException) -> JSONResponse:
+    async def http_error(request: Request, e: HTTPException) -> JSONResponse:
         code = "not_found" if e.status_code == 404 else "method_not_allowed" \
             if e.status_code == 405 else None
-        err = ApiError(e.status_code, str(e.detail), code=code)
+        message = str(e.detail)
+        if e.status_code == 404 and request.url.path.startswith("/v1/"):
+            # An OpenAI client calling an API this server does not have (embeddings, the
+            # Responses API...): say what it does have, not just "Not Found".
+            message = (f"{request.method} {request.url.path} is not an API of this server; "
+                       f"it serves {', '.join(served_apis(app))}")
+        err = ApiError(e.status_code, message, code=code)
         return JSONResponse(err.body(), status_code=e.status_code, headers=e.headers)
 
     @app.exception_handler(RequestValidationError)
@@ -144,7 +151,7 @@ def create_app(config: Config, store: TraceSink | None = None,
     async def crash(_: Request, e: Exception) -> JSONResponse:
         log.error("unhandled error", exc_info=e)
         err = internal_error()
-        return JSONResponse(err.body(), status_code=500)
+        return JSONResponse(err.body(), status_code=500, headers=err.headers)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
@@ -179,7 +186,17 @@ def create_app(config: Config, store: TraceSink | None = None,
     @app.get("/v1/models")
     async def list_models(request: Request) -> dict[str, Any]:
         keys.check(request)
-        return {"object": "list", "data": model_list(config, settings.allowed_providers)}
+        # Off the event loop: whether a local model can run is a look at files.
+        data = await asyncio.to_thread(model_list, config, settings.allowed_providers)
+        return {"object": "list", "data": data}
+
+    # `:path`: ids hold slashes (fusion/trio; the openai SDK sends them as %2F, which the
+    # route sees decoded).
+    @app.get("/v1/models/{model_id:path}")
+    async def get_model(request: Request, model_id: str) -> dict[str, Any]:
+        keys.check(request)
+        return await asyncio.to_thread(model_card, config, model_id,
+                                       settings.allowed_providers)
 
     @app.get("/v1/fusion/traces")
     async def list_traces(request: Request, limit: int = 50) -> dict[str, Any]:
@@ -245,27 +262,12 @@ def startup_providers(config: Config) -> list[str]:
     return sorted(n for n, kind in kinds.items() if kind != "local")
 
 
-def model_list(config: Config, allowed: frozenset[str] | None = None) -> list[dict[str, Any]]:
-    """`fusion`, `fusion/<preset>`, and the provider:model specs the config mentions whose
-    provider is usable here and may be named by a request (the server cannot know every
-    model a provider serves)."""
-    presets = {DEFAULT_LOCAL_PRESET.name: DEFAULT_LOCAL_PRESET, **config.presets}
-    ids = ["fusion", *(f"fusion/{name}" for name in sorted(presets))]
-    specs: set[str] = set(config.prices)
-    for p in presets.values():
-        specs.update(p.models)
-        if p.judge:
-            specs.add(p.judge)
-    usable = []
-    for spec in specs:
-        try:
-            parsed = parse_spec(spec)
-            config.provider(parsed.provider)
-        except UsageError:
-            continue
-        if allowed is not None and parsed.provider not in allowed:
-            continue
-        usable.append(parsed.id)
-    return [{"id": i, "object": "model", "created": 0,
-             "owned_by": "modelfusion" if i.startswith("fusion") else i.split(":", 1)[0]}
-            for i in [*ids, *sorted(set(usable))]]
+def served_apis(app: FastAPI) -> list[str]:
+    """The /v1 routes as "METHOD /path" (POST /v1/chat/completions, ...), read from the app,
+    so the list never misses a route."""
+    out = []
+    for route in app.routes:
+        path, methods = getattr(route, "path", ""), getattr(route, "methods", None) or ()
+        if path.startswith("/v1/"):
+            out += [f"{m} {path.replace(':path', '')}" for m in sorted(methods) if m != "HEAD"]
+    return out

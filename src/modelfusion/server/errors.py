@@ -18,6 +18,9 @@ from ..errors import (
     UsageError,
 )
 
+# On a fusion that ran and failed: the openai SDK (and Stainless clients) obey it over their
+# default of retrying every 5xx, which would pay for the whole panel again to fail again.
+NO_RETRY = {"x-should-retry": "false"}
 # OpenAI's `type` per status; the SDK keys its exception classes on the status alone.
 _TYPES = {
     400: "invalid_request_error",
@@ -86,21 +89,25 @@ def usage_error(e: UsageError, param: str | None) -> ApiError:
 
 
 def run_failure(e: FusionError, *, deadline_passed: bool) -> ApiError:
-    """A fusion that ran and failed: 504 when time ran out, else 502 with member reasons."""
+    """A fusion that ran and failed: 504 when time ran out, else 502 with member reasons.
+    Neither is worth an automatic retry (`NO_RETRY`): the members already had theirs."""
     if isinstance(e, AllMembersFailed):
         members = [{"model": m.model, "status": m.status, "reason": m.reason, "error": m.error}
                    for m in e.members]
         if deadline_passed or all(m.reason == "timeout" for m in e.members):
             return ApiError(504, f"no member answered in time: {e}", code="deadline_exceeded",
-                            extra={"members": members})
-        return ApiError(502, str(e), code="all_members_failed", extra={"members": members})
+                            headers=NO_RETRY, extra={"members": members})
+        return ApiError(502, str(e), code="all_members_failed", headers=NO_RETRY,
+                        extra={"members": members})
     if isinstance(e, UsageError):
         return usage_error(e, None)
     if isinstance(e, BudgetExceeded):  # the request's own limit, not an upstream failure
         return ApiError(400, str(e), code=e.code, param="fusion.max_cost",
                         extra={"spent": {"tokens": e.spent_tokens, "cost": e.spent_cost}})
-    return ApiError(502, str(e), code=e.code)
+    return ApiError(502, str(e), code=e.code, headers=NO_RETRY)
 
 
 def internal_error() -> ApiError:
-    return ApiError(500, "internal server error; see the server log", code="internal_error")
+    """A bug: the same request would meet it again (after paying for the panel again)."""
+    return ApiError(500, "internal server error; see the server log", code="internal_error",
+                    headers=NO_RETRY)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..modes import MODES
-from ..options import RULES, Rule
+from ..options import MAX_STOP, RULES, Rule
 from .schemas import OPTION_TYPES, ROLES
 from .settings import ServerSettings
 
@@ -26,6 +26,9 @@ _JSON_TYPES: dict[tuple[type, ...], str] = {(int,): "integer", (int, float): "nu
 # The shipped packs by name: one name or a list of them (never a path).
 SKILLS = {"anyOf": [{"type": "array", "items": {"type": "string", "minLength": 1}},
                     {"type": "string", "minLength": 1}]}
+# OpenAI's `stop`: one string or up to MAX_STOP of them.
+STOP = {"anyOf": [{"type": "array", "items": {"type": "string", "minLength": 1},
+                   "maxItems": MAX_STOP}, {"type": "string", "minLength": 1}]}
 
 
 def _range(rule: Rule) -> dict[str, Any]:
@@ -49,8 +52,8 @@ def chat_request_schema(settings: ServerSettings) -> dict[str, Any]:
     tokens = {"type": "integer", "minimum": 1, "maximum": settings.max_tokens_cap}
     options: dict[str, Any] = {}
     for name, types in OPTION_TYPES.items():
-        if name == "skills":
-            options[name] = SKILLS
+        if name in ("skills", "stop"):
+            options[name] = SKILLS if name == "skills" else STOP
         else:
             options[name] = {"type": _JSON_TYPES[types], **_RANGES.get(name, {})}
     options["max_tokens"] = options["judge_max_tokens"] = tokens
@@ -71,8 +74,8 @@ def chat_request_schema(settings: ServerSettings) -> dict[str, Any]:
     return {
         "type": "object", "required": ["model", "messages"],
         "description": "OpenAI's chat-completions body; fusion options in `fusion` (or "
-                       "OpenRouter's fusion plugin). Other OpenAI fields are ignored; tools, "
-                       "logprobs, audio and n > 1 are refused.",
+                       "OpenRouter's fusion plugin). Tools, logprobs, audio, penalties, "
+                       "logit_bias, reasoning_effort and n > 1 are refused.",
         "properties": {
             "model": {"type": "string", "minLength": 1,
                       "description": "fusion, fusion/<preset> or provider:model"},
@@ -84,7 +87,7 @@ def chat_request_schema(settings: ServerSettings) -> dict[str, Any]:
                                "properties": {"include_usage": {"type": "boolean"}}},
             "temperature": options["temperature"],
             "max_tokens": tokens, "max_completion_tokens": tokens,
-            "seed": options["seed"],
+            "seed": options["seed"], "top_p": options["top_p"], "stop": STOP,
             "n": {"type": "integer", "const": 1},
             "response_format": {"type": "object", "required": ["type"],
                                 "properties": {"type": {"type": "string", "const": "text"}}},

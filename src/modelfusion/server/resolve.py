@@ -101,6 +101,10 @@ def prepare(req: ChatRequest, config: Config, pool: ProviderPool, settings: Serv
             options["effort"] = EFFORT_OFF  # one member, as asked: no samples of it
     _cap_samples(req, options, settings)
     _cap_max_tokens(req, options, preset, settings)
+    if "max_tokens" in req.params:
+        # An OpenAI client's max_tokens bounds the answer it gets, whoever writes it: the
+        # members, or the judge that merges them (checked against the cap just above).
+        options.setdefault("answer_max_tokens", options["max_tokens"])
     options["depth"] = depth
     try:
         fusion = Fusion(models, judge, mode,

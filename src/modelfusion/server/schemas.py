@@ -22,12 +22,19 @@ from .errors import ApiError, bad_request
 # X-Fusion-Depth; nor is `response_schema`. `skills` is parsed on its own (names only).
 OPTION_TYPES: dict[str, tuple[type, ...]] = {
     name: rule.types for name, rule in RULES.items() if name in REQUEST_OPTIONS}
-# Standard chat-completions fields that map onto fusion options.
+# Standard chat-completions fields that map onto fusion options (members get them).
 STANDARD_OPTIONS = {"temperature": "temperature", "max_tokens": "max_tokens",
-                    "max_completion_tokens": "max_tokens", "seed": "seed"}
-# Fields we cannot honour: refusing beats silently answering a different question.
+                    "max_completion_tokens": "max_tokens", "seed": "seed", "top_p": "top_p",
+                    "stop": "stop"}
+# Fields we cannot honour: refusing beats silently answering a different question. Their
+# no-op values (null, false, 0, [], {}: what some clients send by default) pass. The
+# penalties and logit_bias are not forwarded: not every provider kind takes them (the
+# embedded llama.cpp batch does not), and a panel must ask every member the same thing.
 UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "logprobs",
-               "top_logprobs", "audio", "modalities", "prediction")
+               "top_logprobs", "audio", "modalities", "prediction", "presence_penalty",
+               "frequency_penalty", "logit_bias", "reasoning_effort")
+# The OpenAI finish reasons a fused answer can end with; any other upstream word is "stop".
+FINISH_REASONS = frozenset({"stop", "length", "content_filter"})
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 # The default for ServerSettings.max_messages: OpenAI's own limit on `messages`.
 MAX_MESSAGES = 2048
@@ -73,8 +80,9 @@ def parse_chat_request(raw: bytes, *, max_messages: int = MAX_MESSAGES) -> ChatR
         raise bad_request("'model' is required: fusion, fusion/<preset> or provider:model",
                           "model", "missing_required_parameter")
     for name in UNSUPPORTED:
-        if body.get(name) not in (None, False, [], {}):
-            raise bad_request(f"'{name}' is not supported by fusion", name, "unsupported_parameter")
+        if body.get(name) not in (None, False, [], {}):  # 0 == False: a zero penalty passes
+            raise bad_request(f"'{name}' is not supported by fusion (leave it unset)", name,
+                              "unsupported_parameter")
     if body.get("n") not in (None, 1):
         raise bad_request("only n=1 is supported", "n", "unsupported_parameter")
     fmt = body.get("response_format")
@@ -224,12 +232,15 @@ def _apply_fusion_object(req: ChatRequest, obj: dict[str, Any], where: str,
 
 def _set_option(req: ChatRequest, name: str, value: Any, param: str) -> None:
     types = OPTION_TYPES[name]
+    if name == "stop" and isinstance(value, str):
+        value = [value]  # OpenAI takes one stop string or an array of them
     if isinstance(value, bool) != (types == (bool,)) or not isinstance(value, types):
         kinds: dict[tuple[type, ...], str] = {(int,): "an integer", (str,): "a string",
-                                              (bool,): "a boolean"}
+                                              (bool,): "a boolean",
+                                              (tuple, list): "an array of strings"}
         kind = kinds.get(types, "a number")
         raise bad_request(f"{param} must be {kind}", param)
-    req.options[name] = value
+    req.options[name] = tuple(value) if isinstance(value, list) else value
     req.params[name] = param
 
 
@@ -245,6 +256,13 @@ def usage_dict(usage: Usage) -> dict[str, int]:
             "total_tokens": usage.total_tokens}
 
 
+def finish_reason(result: FusionResult) -> str:
+    """Why the answer ended, in OpenAI's words: "length" when the text that became the
+    answer was cut at max_tokens (the chosen member's, or the judge's where it wrote it)."""
+    reason = result.finish_reason
+    return reason if reason in FINISH_REASONS else "stop"
+
+
 def chat_completion(model: str, result: FusionResult, trace_id: str | None) -> dict[str, Any]:
     return {
         "id": completion_id(),
@@ -255,7 +273,7 @@ def chat_completion(model: str, result: FusionResult, trace_id: str | None) -> d
             "index": 0,
             "message": {"role": "assistant", "content": result.answer, "refusal": None},
             "logprobs": None,
-            "finish_reason": "stop",
+            "finish_reason": finish_reason(result),
         }],
         "usage": usage_dict(result.usage),
         "system_fingerprint": None,

@@ -18,7 +18,7 @@ from ..types import FusionEvent, FusionResult, Message
 from . import sse
 from .errors import ApiError, internal_error, run_failure
 from .resolve import Prepared
-from .schemas import ChunkMaker, chat_completion
+from .schemas import ChunkMaker, chat_completion, finish_reason
 
 log = logging.getLogger("modelfusion.server")
 
@@ -129,7 +129,7 @@ class FusionService:
             return
         if tail:
             yield sse.data(chunks.delta({"content": tail}))
-        yield sse.data(chunks.delta({}, "stop"))
+        yield sse.data(chunks.delta({}, finish_reason(result)))
         if p.request.include_usage:
             yield sse.data(chunks.usage(result.usage))
         yield sse.progress({**FusionEvent("done").to_dict(), "result": result.to_dict(),

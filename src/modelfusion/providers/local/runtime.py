@@ -178,6 +178,10 @@ def _request(messages: list[Message], params: GenerationParams) -> dict[str, Any
     }
     if params.temperature is not None:
         request["temperature"] = params.temperature
+    if params.top_p is not None:
+        request["top_p"] = params.top_p
+    if params.stop:
+        request["stop"] = list(params.stop)
     if params.json_schema is not None:
         request["response_format"] = {"type": "json_object", "schema": params.json_schema}
     return request
