@@ -23,7 +23,18 @@ from ..modes import MODES
 from ..providers.base import warm
 from ..text import printable
 from ..types import FusionResult, Message
-from .common import EFFORT_HELP, cli_skills, cost_text, err, handle_errors, safe
+from .common import (
+    EFFORT_HELP,
+    ConfigOption,
+    DbOption,
+    OfflineOption,
+    StorePromptsOption,
+    cli_skills,
+    cost_text,
+    err,
+    handle_errors,
+    safe,
+)
 from .local import prepare as prepare_local_models
 from .progress import LiveProgress
 
@@ -124,15 +135,10 @@ def ask(
     as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")]
     = False,
     show: Annotated[bool, typer.Option(help="Print every member's answer too.")] = False,
-    config: Annotated[str | None, typer.Option(help="Config file (else $FUSION_CONFIG, "
-                                               "./fusion.toml, user config dir).")] = None,
-    offline: Annotated[bool, typer.Option(help="Refuse every non-local provider.")] = False,
-    db: Annotated[str | None, typer.Option("--db", help="Trace store URL (default "
-                                           "$FUSION_TRACES_URL, else traces.db in the user "
-                                           "data dir).")] = None,
-    store_prompts: Annotated[bool, typer.Option(
-        "--store-prompts/--no-store-prompts",
-        help="Keep the prompt in the trace (answers and stats are kept either way).")] = True,
+    config: ConfigOption = None,
+    offline: OfflineOption = False,
+    db: DbOption = None,
+    store_prompts: StorePromptsOption = True,
 ) -> None:
     """Ask the panel; print the fused answer (progress goes to stderr)."""
     text = _read_prompt(prompt, prompt_file)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import wraps
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -21,6 +21,17 @@ err = Console(stderr=True)
 EFFORT_HELP = ", ".join(f"{level} ({n} samples at most)" for level, n in EFFORT_SAMPLES.items()
                         ) + ", or off (every member at once: the default)"
 F = TypeVar("F", bound=Callable[..., Any])
+
+# Options several commands take, declared once.
+ConfigOption = Annotated[str | None, typer.Option(
+    help="Config file (else $FUSION_CONFIG, ./fusion.toml, user config dir).")]
+OfflineOption = Annotated[bool, typer.Option(help="Refuse every non-local provider.")]
+DbOption = Annotated[str | None, typer.Option(
+    "--db", help="Trace store URL (default $FUSION_TRACES_URL, else traces.db in the user "
+    "data dir).")]
+StorePromptsOption = Annotated[bool, typer.Option(
+    "--store-prompts/--no-store-prompts",
+    help="Keep the prompt in the trace (answers and stats are kept either way).")]
 
 
 def safe(text: object, style: str = "") -> Text:

@@ -20,7 +20,7 @@ from ..evals.configs import build_configs, self_fusion_note
 from ..evals.runner import Runner
 from ..evals.store import RunDir
 from ..plan import ADAPTIVE_OPTIONS, select
-from .common import EFFORT_HELP, handle_errors, safe
+from .common import EFFORT_HELP, OfflineOption, handle_errors, safe
 from .eval_progress import BuildBar, EvalProgress
 
 # Embedded models are slow on small CPUs: an eval waits for them rather than scoring a
@@ -95,8 +95,7 @@ def register(app: typer.Typer) -> None:
         = None,
         preset: Annotated[str | None, typer.Option(help="A preset from fusion.toml.")] = None,
         config: Annotated[str | None, typer.Option(help="Config file.")] = None,
-        offline: Annotated[bool, typer.Option(help="Refuse every non-local provider.")]
-        = False,
+        offline: OfflineOption = False,
         fresh: Annotated[bool, typer.Option(help="Delete the folder's previous run (records, "
                                             "cache, results) and start over.")] = False,
         replay: Annotated[bool, typer.Option(

@@ -8,7 +8,7 @@ import typer
 
 from ..config import load_config
 from ..errors import UsageError
-from .common import handle_errors
+from .common import ConfigOption, DbOption, OfflineOption, StorePromptsOption, handle_errors
 
 HELP = """Serve modelfusion to an MCP client (Claude Code, Cursor, …) over stdio.
 
@@ -27,18 +27,13 @@ Needs the MCP SDK: pip install 'modelfusion\\[mcp]'. The config is read once, at
 
 @handle_errors
 def mcp(
-    config: Annotated[str | None, typer.Option(help="Config file (else $FUSION_CONFIG, "
-                                               "./fusion.toml, user config dir).")] = None,
-    offline: Annotated[bool, typer.Option(help="Refuse every non-local provider.")] = False,
+    config: ConfigOption = None,
+    offline: OfflineOption = False,
     traces: Annotated[bool, typer.Option(
         "--traces/--no-traces", help="Keep each fusion in the trace store (`fusion log`); "
         "the tool result carries its id.")] = True,
-    db: Annotated[str | None, typer.Option("--db", help="Trace store URL (default "
-                                           "$FUSION_TRACES_URL, else traces.db in the user "
-                                           "data dir).")] = None,
-    store_prompts: Annotated[bool, typer.Option(
-        "--store-prompts/--no-store-prompts",
-        help="Keep the prompt in the trace (answers and stats are kept either way).")] = True,
+    db: DbOption = None,
+    store_prompts: StorePromptsOption = True,
 ) -> None:
     try:
         from ..mcp.server import build_server

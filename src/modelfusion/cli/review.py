@@ -32,7 +32,7 @@ from ..review.runner import (
     summary,
 )
 from ..types import FusionEvent
-from .common import cli_skills, err, handle_errors, safe
+from .common import OfflineOption, cli_skills, err, handle_errors, safe
 
 
 def register(app: typer.Typer) -> None:
@@ -79,8 +79,7 @@ def register(app: typer.Typer) -> None:
         seed: Annotated[int | None, typer.Option(help="Seed for shuffle and sampling.")]
         = None,
         config: Annotated[str | None, typer.Option(help="Config file.")] = None,
-        offline: Annotated[bool, typer.Option(help="Refuse every non-local provider.")]
-        = False,
+        offline: OfflineOption = False,
     ) -> None:
         """Review a diff with every member independently; print the merged findings."""
         if fmt not in report.FORMATS:
