@@ -525,7 +525,8 @@ async def test_judge_fault_falls_back(rig: Rig, jf: JudgeFault):
         verdicts = 2 if o.mode == "vote" and jf.name != "hang" else 1
         assert o.judge_calls == jf.calls * verdicts, f"{where}: {o.judge_calls} judge calls"
         if o.mode == "vote":  # fallback rule: the first-listed member's label wins the tie
-            assert o.result["answer"] == "paris is the capital city", where
+            # (the answer in that member's own words: a label is lower case)
+            assert o.result["answer"] == "Paris is the capital city", where
             assert o.result["votes"]["tie"] is True, where
         else:  # consensus_pick: a candidate verbatim
             assert o.result["answer"] in (HEALTHY_ALPHA, BETA, "Lyon."), where

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import socket
 import threading
 import time
@@ -38,10 +39,12 @@ async def test_timeout_kills_the_child_and_everything_it_started(tmp_path) -> No
     # The candidate starts a grandchild in its own session (escaping the process group) and
     # a plain one, reports both pids through a file we can read, then hangs.
     pids = tmp_path / "pids"
+    # A duration no other process on the machine has: only this test's sleeps are looked for.
+    marker = f"300.{secrets.randbelow(10**6):06d}"
     code = f"""
 import subprocess, time
-a = subprocess.Popen(["sleep", "300"])
-b = subprocess.Popen(["sleep", "300"], start_new_session=True)
+a = subprocess.Popen(["sleep", {marker!r}])
+b = subprocess.Popen(["sleep", {marker!r}], start_new_session=True)
 open({str(pids)!r}, "w").write(f"{{a.pid}} {{b.pid}}")
 time.sleep(300)
 """
@@ -55,10 +58,10 @@ time.sleep(300)
     # Inside a PID namespace the pids are namespace-local: find the sleeps on the host. The
     # kernel tears a namespace down asynchronously: on a busy machine that takes a moment,
     # so wait for it (bounded) rather than look once.
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while True:
         leftovers = [p for p in os.listdir("/proc") if p.isdigit() and _alive(int(p))
-                     and _cmdline(int(p)) == "sleep 300"]
+                     and _cmdline(int(p)) == f"sleep {marker}"]
         if not leftovers or time.monotonic() > deadline:
             break
         time.sleep(0.2)
