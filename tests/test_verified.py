@@ -394,7 +394,10 @@ def test_web_page_shows_which_checks_each_candidate_passed(
     assert rows.nth(0).locator("b").count() == 0  # model output stays text
     assert "no Python code in the answer" in rows.nth(2).inner_text()
     assert "Chosen: fake:beta" in page.inner_text("#analysis")
-    assert page.inner_text("#answer") == CORRECT
+    # The answer is rendered markdown: its prose, then its code block as code.
+    assert page.inner_text("#answer").startswith("Here you go:")
+    code = CORRECT.split("```python\n", 1)[1].rsplit("```", 1)[0]
+    assert page.inner_text("#answer pre code").rstrip("\n") == code.rstrip("\n")
     assert errors == [] and foreign == []
 
 
