@@ -311,13 +311,12 @@ async def _revision(mode: ModeSpec, ctx: ModeContext | None, messages: list[Mess
     answer, and the mode's feedback on it. None when the mode gives none (or the lead did
     not answer)."""
     assert mode.accept is not None
-    if ctx is None or mode.accept.feedback is None:
+    if ctx is None or ctx.lead is None or mode.accept.feedback is None:
         return None
-    lead = next((c for c in ctx.candidates if c.index == 0), None)
-    note = await mode.accept.feedback(ctx) if lead is not None else None
-    if lead is None or not note:
+    note = await mode.accept.feedback(ctx)
+    if not note:
         return None
-    return [*messages, Message("assistant", lead.content or ""), Message("user", note)]
+    return [*messages, Message("assistant", ctx.lead.content or ""), Message("user", note)]
 
 
 def _ignore(event: FusionEvent) -> None:

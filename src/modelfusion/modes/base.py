@@ -44,6 +44,11 @@ class ModeContext:
     # dict per fusion; verified keeps each candidate's check run there, so none runs twice).
     memo: dict[Any, Any] = field(default_factory=dict)
 
+    @property
+    def lead(self) -> MemberResult | None:
+        """The first listed member's answer (adaptive compute's lead), if it answered."""
+        return next((c for c in self.candidates if c.index == 0), None)
+
     def labeled(self, candidates: list[MemberResult] | None = None) -> list[Labeled]:
         return anonymise(self.candidates if candidates is None else candidates, self.seed)
 

@@ -73,14 +73,13 @@ async def lead_passes_checks(ctx: ModeContext) -> str | None:
     could only be told apart by reading them, which is what a small judge does worse than
     the lead alone (docs/results.md)."""
     spec = await _spec(ctx)
-    lead = [m for m in ctx.candidates if m.index == 0]
-    if not lead:
+    if ctx.lead is None:
         return None
     if not spec.checks:
         return "nothing_to_verify"
     if not spec.total:
         return None
-    report = await _check_all(ctx, spec, lead)
+    report = await _check_all(ctx, spec, [ctx.lead])
     return "lead_passed_checks" if report.passing == [0] else None
 
 
@@ -92,10 +91,9 @@ async def lead_feedback(ctx: ModeContext) -> str | None:
     visible checks its code failed, with what the code did (execution feedback, as in
     Self-Debugging, arXiv 2304.05128). None when it failed none (no checks at all)."""
     spec = await _spec(ctx)
-    lead = [m for m in ctx.candidates if m.index == 0]
-    if not lead or not spec.total:
+    if ctx.lead is None or not spec.total:
         return None
-    report = await _check_all(ctx, spec, lead)
+    report = await _check_all(ctx, spec, [ctx.lead])
     mine = report.candidates[0]
     if mine.passed == mine.total:
         return None
