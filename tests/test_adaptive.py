@@ -220,6 +220,34 @@ async def test_vote_and_merge_accept_agreeing_samples_too(upstream, fake_config)
     assert members_asked(upstream) == ["alpha", "alpha"] and merged.answer == "Yes"
 
 
+async def test_a_vote_tie_in_stage_2_goes_to_the_lead_not_the_judge(upstream, fake_config):
+    # The lead's two samples disagree (greedy "Yes", sampled "No"), so stage 2 runs; beta
+    # says "Yes" and gamma "No": 2-2. The lead is the caller's strongest model: its answer
+    # breaks the tie, and no judge is asked.
+    upstream.script("alpha", by_temperature("Yes", "No"))
+    upstream.script("beta", "Yes")
+    upstream.script("gamma", "No")
+    voted = await run(fake_config, MEMBERS, "Ship it?", mode="vote", max_samples=4)
+    assert [m.model for m in voted.members] == ["fake:alpha", "fake:alpha#2", "fake:beta",
+                                                "fake:gamma"]
+    assert voted.votes is not None and voted.votes.tie
+    assert voted.answer == "Yes" and voted.votes.winner == "yes"
+    assert judge_requests(upstream) == []
+    assert (voted.judge.status, voted.judge.reason) == ("skipped", "tie_to_lead")
+
+    # Without adaptive compute the same 2-2 split is the judge's to break: it picks "No".
+    upstream.reset()
+    upstream.script("alpha", "Yes")
+    upstream.script("beta", "No")
+    upstream.script("gamma", "No")
+    upstream.script("delta", "Yes")
+    upstream.script("judge", pick("No"))
+    fixed = await run(fake_config, ["fake:alpha", "fake:beta", "fake:gamma", "fake:delta"],
+                      "Ship it?", mode="vote")
+    assert fixed.votes is not None and fixed.votes.tie
+    assert len(judge_requests(upstream)) >= 1 and fixed.answer == "No"
+
+
 async def test_a_budget_of_one_is_the_lead_alone(upstream, fake_config):
     upstream.script("alpha", "Paris.")
     result = await run(fake_config, MEMBERS, "q", mode="best-of", max_samples=1)

@@ -197,3 +197,28 @@ def test_dark_mode_a_phone_width_and_the_stop_button(
     while httpx.get(served.url + "/healthz", timeout=30).json()["active_fusions"]:
         assert time.monotonic() < deadline, "the fusion kept running after Stop"
         time.sleep(0.1)
+
+
+def test_the_page_shows_what_adaptive_compute_spent(serve: Callable[..., Served],
+                                                    page: Any) -> None:
+    served = serve()
+    client = served.client()
+    ask = [{"role": "user", "content": "How much was spent?"}]
+    adaptive = client.chat.completions.create(model="fusion", messages=ask,
+                                              extra_body={"fusion": {"max_samples": 2}})
+    fixed = client.chat.completions.create(model="fusion", messages=ask)
+    assert served.store is not None
+    served.store.flush()
+    errors, _ = watch(page, served.url)
+
+    page.goto(f"{served.url}/?trace={adaptive.model_extra['fusion']['trace_id']}")  # type: ignore[index]
+    page.wait_for_selector("#summary .compute")
+    account = adaptive.model_extra["fusion"]["compute"]  # type: ignore[index]
+    assert page.inner_text("#summary .compute") == (
+        f"Compute: {account['samples_used']} of 2 samples · "
+        f"{account['stopped'].replace('_', ' ')} (lead {account['lead']})")
+    # A fusion without adaptive compute has no such line.
+    page.goto(f"{served.url}/?trace={fixed.model_extra['fusion']['trace_id']}")  # type: ignore[index]
+    page.wait_for_selector("#summary .totals")
+    assert page.locator("#summary .compute").count() == 0
+    assert errors == []

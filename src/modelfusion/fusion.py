@@ -188,7 +188,7 @@ class Fusion:
             return ModeContext(messages=messages, candidates=candidates, members=results,
                                judge=judge, seed=seed, nonce=nonce, emit=emit, panel=panel,
                                seats=members, deadline_at=deadline_at, rounds=opts.rounds,
-                               rubric=plan.rubric, memo=memo,
+                               adaptive=plan.first is not None, rubric=plan.rubric, memo=memo,
                                answer_max_tokens=opts.answer_max_tokens)
 
         if plan.first is None:  # every seat at once

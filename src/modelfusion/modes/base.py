@@ -36,6 +36,9 @@ class ModeContext:
     seats: list[Member]
     deadline_at: float
     rounds: int = 1
+    # Adaptive compute is on: the caller named the first listed member the lead, its
+    # strongest (docs/adaptive.md), and the modes may lean on that (vote: ties go to it).
+    adaptive: bool = False
     rubric: str = ""  # from the fusion's skills: extra judging rules, after ours
     # The caller's bound on the answer (the `answer_max_tokens` option): a judge that
     # writes the answer (merge, debate) is held to it, below its own judge_max_tokens.

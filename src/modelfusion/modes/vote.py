@@ -67,6 +67,13 @@ async def _labels(ctx: ModeContext) -> dict[int, str]:
 
 
 async def _break_tie(ctx: ModeContext, tied: list[str], by_member: dict[int, str]) -> str:
+    lead = ctx.lead
+    if ctx.adaptive and lead is not None and by_member[lead.index] in tied:
+        # The caller's strongest model breaks the tie, not a judge reading answers it
+        # cannot check: on the outputs dev set's 21 ties the 1.5B judge was right 3 times,
+        # the lead's own answer (always among the tied) 10 times (docs/results.md).
+        ctx.judge.skip("tie_to_lead")
+        return by_member[lead.index]
     voters = [m for m in ctx.candidates if by_member[m.index] in tied]
     labeled = ctx.labeled(voters)
     task = ("The panel is split between these answers. Pick the candidate whose answer is "

@@ -64,6 +64,15 @@ function renderChecks(checks) {
     el("tbody", {}, ...rows)));
 }
 
+// Adaptive compute's account, worded as the CLI's `compute.line()`: what was spent, why
+// it stopped.
+function renderCompute(c) {
+  if (!c) return null;
+  const revised = c.revised ? ` · ${c.revised} revised the lead` : "";
+  return el("p", { class: "compute" }, `Compute: ${c.samples_used} of ${c.max_samples} samples · `
+    + `${String(c.stopped).replaceAll("_", " ")}${revised} (lead ${c.lead})`);
+}
+
 // CSSOM, not a style attribute: the page's CSP forbids inline styles.
 function bar(share) {
   const b = el("span", { class: "bar" });
@@ -85,7 +94,7 @@ export function renderSummary(result, traceId) {
       el("td", { class: "num" }, fmtCost(j.cost))));
   }
   const t = result.timings;
-  return el("div", {},
+  return el("div", {}, renderCompute(result.compute),
     el("div", { class: "scroll" }, el("table", {}, el("thead", {}, el("tr", {},
       el("th", {}, "model"), el("th", {}, "status"), el("th", { class: "num" }, "time"),
       el("th", { class: "num" }, "tokens"), el("th", { class: "num" }, "cost"))),
