@@ -145,11 +145,11 @@ def rss_kb(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-def start_server(base_url: str, tmp: Path, *, max_concurrent: int, fixed_malloc: bool = True
-                 ) -> tuple[subprocess.Popen[bytes], str, Path]:
-    """`python -m modelfusion serve` on a free loopback port over the fake at `base_url`
-    (provider `fake`, preset `soak` = m1, m2, m3 with the judge), SQLite traces in `tmp`;
-    returns once `/healthz` answers."""
+def start_server(base_url: str, tmp: Path, *, max_concurrent: int, fixed_malloc: bool = True,
+                 src: Path = ROOT / "src") -> tuple[subprocess.Popen[bytes], str, Path]:
+    """`python -m modelfusion serve` (from the package in `src`) on a free loopback port
+    over the fake at `base_url` (provider `fake`, preset `soak` = m1, m2, m3 with the
+    judge), SQLite traces in `tmp`; returns once `/healthz` answers."""
     config = tmp / "fusion.toml"
     config.write_text(f"""default_preset = "soak"
 [providers.fake]
@@ -162,7 +162,7 @@ mode = "merge"
     db = tmp / "traces.db"
     port = free_port()
     env = {**os.environ, "MODELFUSION_HOME": str(tmp / "home"),
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+           "PYTHONPATH": os.pathsep.join([str(src), str(ROOT)])}
     for var in ("FUSION_CONFIG", "FUSION_TRACES_URL", "FUSION_API_KEYS", "FUSION_OFFLINE"):
         env.pop(var, None)
     if fixed_malloc:

@@ -1,6 +1,6 @@
 """The burst and slowloris cases of bench/soak.py (`--case burst`, `--case slowloris`).
 
-    python bench/soak.py --case burst [--burst 200] [--bursts 2] [--limit 64] [--deadline 3]
+    python bench/soak.py --case burst [--burst 200] [--bursts 3] [--limit 64] [--deadline 3]
     python bench/soak.py --case slowloris [--slow-headers 400] [--slow-bodies 100]
                                           [--drip 1] [--seconds 40]
 
@@ -79,12 +79,13 @@ def _run_upstream(conn: Any) -> None:
 class Stack:
     """The fake upstream (child process) and `fusion serve` (subprocess), stopped on exit."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, src: Path) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="fusion-soak-"))
         parent, child = mp.Pipe()
         self.upstream = mp.get_context("fork").Process(target=_run_upstream, args=(child,))
         self.upstream.start()
-        self.proc, self.url, _ = start_server(parent.recv(), self.tmp, max_concurrent=limit)
+        self.proc, self.url, _ = start_server(parent.recv(), self.tmp, max_concurrent=limit,
+                                           src=src)
         self.port = int(self.url.rsplit(":", 1)[1])
 
     def __enter__(self) -> Stack:
@@ -440,9 +441,11 @@ def main(case: str, argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog=f"soak.py --case {case}",
                                  description=__doc__.split("\n\n")[0])
     ap.add_argument("--limit", type=int, default=64, help="the server's --max-concurrent")
+    ap.add_argument("--server-src", type=Path, default=Path(__file__).resolve().parent.parent
+                    / "src", help="the package the server runs (to compare two versions)")
     if case == "burst":
         ap.add_argument("--burst", type=int, default=200, help="requests at once")
-        ap.add_argument("--bursts", type=int, default=2)
+        ap.add_argument("--bursts", type=int, default=3)
         ap.add_argument("--deadline", type=float, default=3.0)
         ap.add_argument("--margin", type=float, default=5.0,
                         help="seconds past the deadline before a request counts as hung")
@@ -452,8 +455,9 @@ def main(case: str, argv: list[str]) -> int:
         ap.add_argument("--drip", type=float, default=1.0, help="seconds between bytes")
         ap.add_argument("--seconds", type=float, default=40.0)
     args = ap.parse_args(argv)
-    with Stack(args.limit) as stack:
-        print(f"soak --case {case}: server pid {stack.proc.pid}, files in {stack.tmp}")
+    with Stack(args.limit, args.server_src) as stack:
+        print(f"soak --case {case}: server pid {stack.proc.pid} ({args.server_src}), files "
+              f"in {stack.tmp}")
         run = burst if case == "burst" else slowloris
         ok = asyncio.run(run(stack.port, args))
     return 0 if ok else 1
