@@ -145,8 +145,11 @@ def rss_kb(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-def start_server(base_url: str, tmp: Path, args: argparse.Namespace
-                 ) -> tuple[subprocess.Popen[bytes], str, Path]:
+def start_server(base_url: str, tmp: Path, *, max_concurrent: int, fixed_malloc: bool = True,
+                 src: Path = ROOT / "src") -> tuple[subprocess.Popen[bytes], str, Path]:
+    """`python -m modelfusion serve` (from the package in `src`) on a free loopback port
+    over the fake at `base_url` (provider `fake`, preset `soak` = m1, m2, m3 with the
+    judge), SQLite traces in `tmp`; returns once `/healthz` answers."""
     config = tmp / "fusion.toml"
     config.write_text(f"""default_preset = "soak"
 [providers.fake]
@@ -159,10 +162,10 @@ mode = "merge"
     db = tmp / "traces.db"
     port = free_port()
     env = {**os.environ, "MODELFUSION_HOME": str(tmp / "home"),
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+           "PYTHONPATH": os.pathsep.join([str(src), str(ROOT)])}
     for var in ("FUSION_CONFIG", "FUSION_TRACES_URL", "FUSION_API_KEYS", "FUSION_OFFLINE"):
         env.pop(var, None)
-    if not args.default_malloc:
+    if fixed_malloc:
         # glibc raises its mmap threshold after the first large free, so later 2 MB answers
         # (the `oversized` fault) land on the heap and its high-water mark swings RSS by
         # ±15 % with no trend. A fixed threshold hands them back: RSS then shows retention.
@@ -171,10 +174,10 @@ mode = "merge"
     proc = subprocess.Popen(
         [sys.executable, "-m", "modelfusion", "serve", "--host", "127.0.0.1", "--port",
          str(port), "--config", str(config), "--db", f"sqlite:///{db}", "--log-level",
-         "warning", "--max-concurrent", str(max(64, 2 * args.concurrency))],
+         "warning", "--max-concurrent", str(max_concurrent)],
         env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
     url = f"http://127.0.0.1:{port}"
-    end = time.monotonic() + 60
+    end = time.monotonic() + 120  # a busy machine
     while True:
         try:
             if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
@@ -182,7 +185,8 @@ mode = "merge"
         except httpx.HTTPError:
             pass
         if proc.poll() is not None or time.monotonic() > end:
-            raise RuntimeError(f"fusion serve did not start; see {tmp / 'serve.log'}")
+            raise RuntimeError(f"fusion serve did not start (exit {proc.poll()}); see "
+                               f"{tmp / 'serve.log'}")
         time.sleep(0.1)
 
 
@@ -335,7 +339,16 @@ def pct(xs: list[float], q: float) -> float:
 
 
 def main() -> int:
+    case = argparse.ArgumentParser(add_help=False)
+    case.add_argument("--case", choices=("faults", "burst", "slowloris"), default="faults")
+    known, rest = case.parse_known_args()
+    if known.case != "faults":  # bench/soak_cases.py
+        from bench.soak_cases import main as run_case
+
+        return run_case(known.case, rest)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--case", choices=("faults",), default="faults",
+                    help="faults (this soak), burst or slowloris (bench/soak_cases.py)")
     ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--fault-rate", type=float, default=0.2)
@@ -354,7 +367,8 @@ def main() -> int:
                                               args=(child, args.seed, args.fault_rate))
     upstream.start()
     base_url = parent.recv()
-    proc, url, db = start_server(base_url, tmp, args)
+    proc, url, db = start_server(base_url, tmp, max_concurrent=max(64, 2 * args.concurrency),
+                                 fixed_malloc=not args.default_malloc)
     print(f"soak: {args.requests} requests, concurrency {args.concurrency}, fault rate "
           f"{args.fault_rate:.0%}, seed {args.seed}, member timeout {args.timeout:g} s, "
           f"deadline {args.deadline:g} s; server pid {proc.pid}, files in {tmp}")

@@ -1,5 +1,6 @@
 """Load a client can put on the server: bounded work per request, refusals that cost
-nothing, slow clients cut off, logs that cannot flood (issue 12, items 1, 10, 13).
+nothing, slow clients cut off and holding no fusion slot, logs that cannot flood (issue
+12, items 1, 10, 13).
 
 No timed assertions: where a hang must be caught the bound is generous (5 s for
 `/healthz`, which answers in milliseconds) and the measured figures live in bench/soak.py
@@ -8,6 +9,7 @@ and docs/reliability.md.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import threading
@@ -22,6 +24,7 @@ import uvicorn
 from modelfusion.config import load_config
 from modelfusion.fusion import ProviderPool
 from modelfusion.server import ServerSettings, create_app
+from modelfusion.server import app as app_module
 from modelfusion.server.logs import RateLimit
 from modelfusion.server.transport import uvicorn_config
 from tests.fake_upstream import FakeUpstream, Reply
@@ -137,6 +140,43 @@ def test_providers_are_built_when_the_server_starts(server_config: Any,
         thread.join(10)
 
 
+async def test_a_burst_is_refused_before_the_admitted_requests_work(
+        server_config: Any, monkeypatch: pytest.MonkeyPatch):
+    """Two requests arriving together at a limit of one: the second's 429 goes out before
+    the first's parse and plan run (the admitted request yields once after taking its
+    slot). Before, every admitted request of a burst did its set-up first, and the
+    refusals waited behind it: 40-250 ms each at 200 at once (bench/soak.py --case burst).
+    """
+    events: list[Any] = []
+    real_prepare = app_module.prepare
+
+    def prepare(*args: Any, **kw: Any) -> Any:
+        events.append("prepare")
+        return real_prepare(*args, **kw)
+
+    monkeypatch.setattr(app_module, "prepare", prepare)
+    app = create_app(load_config(server_config), None, ServerSettings(max_concurrent=1))
+
+    async def recorded(scope: Any, receive: Any, send: Any) -> None:
+        async def sending(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                events.append(message["status"])
+            await send(message)
+
+        await app(scope, receive, sending)
+
+    transport = httpx.ASGITransport(app=recorded)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1",
+                                 timeout=30) as client:
+        body = {"model": "fusion", "messages": ASK}
+        first, second = await asyncio.gather(
+            client.post("/v1/chat/completions", json=body),
+            client.post("/v1/chat/completions", json=body))
+    assert (first.status_code, second.status_code) == (200, 429), (first.text, second.text)
+    assert error_of(second)["code"] == "server_busy"
+    assert events == [429, "prepare", 200]
+
+
 # ---------------------------------------------------------------- item 10: slow clients
 
 
@@ -208,6 +248,59 @@ def test_connections_past_the_cap_are_refused_and_healthz_recovers(server_config
             s.close()
         server.should_exit = True
         thread.join(10)
+
+
+def started_reading(gate: Any) -> bool:
+    # `reading` is new with the fix; before it, a request took its slot before its body.
+    return bool(gate.active or getattr(gate, "reading", 0))
+
+
+def test_a_body_still_arriving_holds_no_fusion_slot(serve: Callable[..., Served]):
+    """A client that sends its body a byte now and then waits in `reading`, not in a
+    fusion slot: before, 64 of them (the default limit) kept every fusion out for as long
+    as they kept dripping, 32 of 35 refused in 35 s (bench/soak.py --case slowloris)."""
+    served = serve(max_concurrent=1)
+    gate = served.app.state.gate
+    port = int(served.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as slow:
+        slow.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+        for _ in range(1000):
+            if started_reading(gate):
+                break
+            time.sleep(0.01)
+        assert started_reading(gate)
+        r = served.post({"model": "fusion", "messages": ASK})
+        assert r.status_code == 200, r.text
+        assert gate.active == 0 and gate.reading == 1
+
+
+def test_bodies_being_read_share_a_byte_budget(serve: Callable[..., Served]):
+    """Reading outside the slots must not lift the memory bound slot-first reading had:
+    bodies arriving at once hold at most max_concurrent x max_body_bytes."""
+    served = serve(max_concurrent=1, max_body_bytes=4096)
+    gate = served.app.state.gate
+    port = int(served.url.rsplit(":", 1)[1])
+    head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 4000\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as one:
+        one.sendall(head + b"[" + b" " * 2999)
+        for _ in range(1000):
+            if getattr(getattr(gate, "bodies", None), "held", 0) == 3000:
+                break
+            time.sleep(0.01)
+        assert gate.bodies.held == 3000 and gate.active == 0
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as two:
+            two.sendall(head + b"[" + b" " * 1999)
+            answer = closed_within(two, 10) or b""
+        assert answer.startswith(b"HTTP/1.1 429"), answer
+        assert b"server_busy" in answer and b"bytes" in answer
+        assert gate.bodies.held == 3000  # the refused body gave back what it had taken
+    for _ in range(1000):  # the first client left: its bytes are given back too
+        if gate.bodies.held == 0 and gate.reading == 0:
+            break
+        time.sleep(0.01)
+    assert gate.bodies.held == 0 and gate.reading == 0
 
 
 def test_a_flood_of_log_lines_is_cut_to_a_budget_and_counted():

@@ -32,7 +32,7 @@ from ..traces.schema import AmbiguousTraceId
 from .auth import Keys
 from .errors import ApiError, internal_error
 from .guards import add_browser_guards, require_json
-from .limits import FusionGate, read_body
+from .limits import FusionGate
 from .models import model_card, model_list
 from .openapi import request_body
 from .resolve import parse_depth, prepare
@@ -96,7 +96,9 @@ async def _unless_client_leaves(request: Request, work: Any) -> Any:
 def create_app(config: Config, store: TraceSink | None = None,
                settings: ServerSettings | None = None) -> FastAPI:
     settings = settings or ServerSettings()
-    gate = FusionGate(settings.max_concurrent, settings.retry_after_s)
+    gate = FusionGate(settings.max_concurrent, settings.retry_after_s,
+                      max_body_bytes=settings.max_body_bytes,
+                      body_timeout_s=settings.body_timeout_s)
     service = FusionService(store)
     pool = ProviderPool(config)
     keys = Keys(settings.api_keys, settings.admin_keys)
@@ -162,12 +164,11 @@ def create_app(config: Config, store: TraceSink | None = None,
     async def chat_completions(request: Request) -> Response:
         caller = keys.check(request)
         require_json(request)
-        # Admission first: under a burst, a refusal costs no body read, parse or plan, so
-        # it goes out in milliseconds instead of queueing behind the admitted requests.
-        slot = gate.acquire()
+        depth = parse_depth(request.headers.getlist(DEPTH_HEADER), settings)
+        # Admission (limits.FusionGate.admit): under a burst a refusal costs no body read,
+        # parse or plan, and a slow body holds no slot while it arrives.
+        slot, raw = await gate.admit(request)
         try:
-            depth = parse_depth(request.headers.getlist(DEPTH_HEADER), settings)
-            raw = await read_body(request, settings.max_body_bytes, settings.body_timeout_s)
             req = parse_chat_request(raw, max_messages=settings.max_messages)
             prepared = prepare(req, config, pool, settings, depth, caller.owner)
         except BaseException:
