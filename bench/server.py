@@ -1,6 +1,7 @@
 """What `fusion serve` costs on top of its upstreams: throughput and added latency.
 
     python bench/server.py [--clients 32] [--seconds 10] [--max-requests 5000] [--profile]
+                           [--pg postgresql://...]
 
 Not a test: it prints figures next to their targets and asserts nothing about time.
 
@@ -13,7 +14,10 @@ Each run is paired with its baseline in the same run: the same client calling th
 directly "the way the server does" -- the three members at once (streamed, as the panel
 streams them), then the judge (non-streamed). server - direct is what the server adds.
 Runs: concurrency 1 (added latency, no queueing) and concurrency N (throughput), each with
-traces off and with SQLite traces on.
+traces off (`fusion serve --no-traces`), SQLite traces on and, with --pg (default
+$MODELFUSION_TEST_PG_URL), PostgreSQL traces on. The server's CPU time per answered request
+(its process, the trace writer thread included; Linux /proc) is printed beside req/s, and
+a last table puts the configurations side by side with their ratios to traces off.
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ def _run_upstream(conn: Any) -> None:
 
 
 def _run_server(base_url: str, port: int, db: str | None, profile: str | None) -> None:
+    # db None: `fusion serve --no-traces` (ServerSettings.traces=False, no store).
     import uvicorn
 
     from modelfusion.config import load_config
@@ -81,7 +86,8 @@ def _run_server(base_url: str, port: int, db: str | None, profile: str | None) -
         from modelfusion.traces.store import TraceStore
 
         store = TraceStore.open(db)
-    app = create_app(load_config(cfg), store, ServerSettings(max_concurrent=4096))
+    app = create_app(load_config(cfg), store, ServerSettings(max_concurrent=1024,
+                                                             traces=store is not None))
     profiler = None
     if profile:
         from pyinstrument import Profiler
@@ -135,12 +141,26 @@ def wait_ready(url: str, timeout: float = 20.0) -> None:
 # ---------------------------------------------------------------- load
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU of a process so far (Linux /proc; nan elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Run:
     name: str
     latencies_ms: list[float]
     seconds: float
     errors: int
+    cpu_s: float = float("nan")  # the server process's CPU over the run (server rows)
+
+    @property
+    def cpu_ms_per_req(self) -> float:
+        return 1000 * self.cpu_s / len(self.latencies_ms) if self.latencies_ms else float("nan")
 
     @property
     def rps(self) -> float:
@@ -228,12 +248,14 @@ def row(run: Run, base: Run | None) -> str:
         added = (f"  added p50 {run.pct(.5) - base.pct(.5):6.2f} ms"
                  f"  p99 {run.pct(.99) - base.pct(.99):6.2f} ms")
     err = f"  errors {run.errors}" if run.errors else ""
+    cpu = f"  server CPU {run.cpu_ms_per_req:5.2f} ms/req" if run.cpu_s == run.cpu_s else ""
     return (f"  {run.name:<28} {run.rps:7.1f} req/s  p50 {run.pct(.5):7.2f} ms"
-            f"  p99 {run.pct(.99):7.2f} ms{added}{err}")
+            f"  p99 {run.pct(.99):7.2f} ms{added}{cpu}{err}")
 
 
 async def measure(base_url: str, server: str, clients: int, seconds: float,
-                  max_requests: int, library: bool) -> list[tuple[Run, Run, Run | None]]:
+                  max_requests: int, library: bool, server_pid: int | None
+                  ) -> list[tuple[Run, Run, Run | None]]:
     """(server, direct, library) per concurrency level."""
     from modelfusion import Fusion
     from modelfusion.config import load_config
@@ -248,8 +270,12 @@ async def measure(base_url: str, server: str, clients: int, seconds: float,
                                 seconds, max_requests)
             lib = await load(f"library (engine) x{n}", library_call(fusion), n, seconds,
                              max_requests) if library else None
-            fused = await load(f"server x{n}", fused_call(client, server), n, seconds,
-                               max_requests)
+            call = fused_call(client, server)
+            for _ in range(20):  # the same warm-up as load(), outside the CPU count
+                await call()
+            before = cpu_seconds(server_pid)
+            fused = await load(f"server x{n}", call, n, seconds, max_requests, warmup=0)
+            fused.cpu_s = cpu_seconds(server_pid) - before
             out.append((fused, direct, lib))
     await fusion.aclose()
     return out
@@ -261,6 +287,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=8.0, help="per measured run")
     ap.add_argument("--max-requests", type=int, default=5000, help="per measured run")
     ap.add_argument("--profile", metavar="DIR", help="pyinstrument the server; reports here")
+    ap.add_argument("--pg", default=os.environ.get("MODELFUSION_TEST_PG_URL"),
+                    help="also measure PostgreSQL traces, in this (throwaway) database")
     args = ap.parse_args()
 
     ctx = mp.get_context("spawn")
@@ -272,8 +300,13 @@ def main() -> None:
     print(f"server bench: {os.cpu_count()} cores, 3 members + judge (best-of), fake upstream "
           f"zero delay; {args.clients} clients, {args.seconds:g} s or {args.max_requests} "
           "requests per run")
+    configs: list[tuple[str, str | None]] = [("traces off", None),
+                                             ("SQLite traces on", f"sqlite:///{tmp}/t.db")]
+    if args.pg:
+        configs.append(("PostgreSQL traces on", args.pg))
+    summary: list[tuple[str, Run, Run]] = []  # (label, server x1, server xN)
     try:
-        for label, db in (("traces off", None), ("SQLite traces on", f"sqlite:///{tmp}/t.db")):
+        for label, db in configs:
             port = free_port()
             profile = str(Path(args.profile) / f"server-{'db' if db else 'nodb'}.txt") \
                 if args.profile else None
@@ -285,7 +318,8 @@ def main() -> None:
                 wait_ready(f"http://127.0.0.1:{port}/healthz")
                 runs = asyncio.run(measure(base_url, f"http://127.0.0.1:{port}/v1/chat/"
                                            "completions", args.clients, args.seconds,
-                                           args.max_requests, library=db is None))
+                                           args.max_requests, library=db is None,
+                                           server_pid=server.pid))
             finally:
                 if server.pid is not None:
                     os.kill(server.pid, signal.SIGINT)
@@ -302,15 +336,32 @@ def main() -> None:
                           f"  p99 {fused.pct(.99) - lib.pct(.99):6.2f} ms")
             fused_n, direct_n, _ = runs[1]
             single, single_base, _ = runs[0]
+            summary.append((label, single, fused_n))
             added = single.pct(.5) - single_base.pct(.5)
             print(f"  -> {fused_n.rps:.0f} fused req/s (target >= {TARGET_RPS:g}; the fake "
                   f"upstream alone managed {direct_n.rps:.0f} fusion-equivalents/s); added "
                   f"p50 at x1 {added:.2f} ms over direct (target <= {TARGET_P50_ADDED_MS:g})"
                   + (f"; profile: {profile}" if profile else ""))
+        print_summary(summary, args.clients)
     finally:
         if upstream.pid is not None:
             os.kill(upstream.pid, signal.SIGTERM)
         upstream.join(10)
+
+
+def print_summary(summary: list[tuple[str, Run, Run]], clients: int) -> None:
+    """Traces off vs on, side by side, as ratios to traces off (same run, same machine)."""
+    _, off1, offn = summary[0]
+    print(f"traces, side by side (ratios to traces off; x{clients} = {clients} clients):")
+    print(f"  {'':<22} {'req/s x1':>9} {'req/s x' + str(clients):>10} "
+          f"{'CPU ms/req x1':>14} {'CPU ms/req x' + str(clients):>15}")
+    for label, one, many in summary:
+        print(f"  {label:<22} {one.rps:9.1f} {many.rps:10.1f} {one.cpu_ms_per_req:14.2f} "
+              f"{many.cpu_ms_per_req:15.2f}")
+        if one is not off1:
+            print(f"  {'  ratio to off':<22} {one.rps / off1.rps:9.2f} {many.rps / offn.rps:10.2f}"
+                  f" {one.cpu_ms_per_req / off1.cpu_ms_per_req:14.2f}"
+                  f" {many.cpu_ms_per_req / offn.cpu_ms_per_req:15.2f}")
 
 
 if __name__ == "__main__":

@@ -69,14 +69,20 @@ def serve(
         "it, and its POSTs are not refused as cross-site (repeatable; '*' = any). Default: "
         "none, only the server's own page.")] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    workers: Annotated[int, typer.Option(
+        min=1, help="Worker processes on this port (uvicorn's). Each has its own "
+        "--max-concurrent, --max-connections, provider pool (max_parallel) and local "
+        "models; they share the trace store.")] = 1,
+    traces: Annotated[bool, typer.Option(
+        "--traces/--no-traces",
+        help="Keep a trace of every fusion. --no-traces: none (the traces API answers 404 "
+        "traces_disabled), for replicas whose operator logs elsewhere.")] = True,
 ) -> None:
     """Serve the OpenAI-compatible API (/v1/chat/completions) and the web page (/)."""
-    import uvicorn
-
     from ..server.app import create_app
     from ..server.logs import quiet
     from ..server.settings import ADMIN_KEYS_ENV, API_KEYS_ENV, ServerSettings, keys_from_env
-    from ..server.transport import uvicorn_config
+    from ..server.transport import ReplicaApp, run, uvicorn_config
     from ..traces.schema import SERVER_FILE, default_url
     from ..traces.store import TraceStore
 
@@ -96,24 +102,39 @@ def serve(
                                   max_concurrent=max_concurrent,
                                   max_messages=max_messages, max_connections=max_connections,
                                   allowed_providers=allowed, allowed_hosts=hosts,
-                                  cors_origins=tuple(cors_origin or ()))
+                                  cors_origins=tuple(cors_origin or ()), traces=traces)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    store = TraceStore.open(db or default_url(SERVER_FILE), store_prompts=store_prompts)
+    if db and not traces:
+        raise UsageError("--db names a trace store, but --no-traces keeps none: drop one")
+    url = db or default_url(SERVER_FILE)
+    # Opened here even for workers, which open their own: a bad URL or a database that
+    # refuses us stops the command (exit 2) before any worker starts, and the schema is
+    # migrated once.
+    store = TraceStore.open(url, store_prompts=store_prompts) if traces else None
     try:
-        app = create_app(cfg, store, settings)
         named = "any configured" if allowed is None else ", ".join(sorted(allowed)) or "none"
+        per = f"; {workers} workers, limits per worker" if workers > 1 else ""
+        kept = (f"{store.url}{', each key reads its own' if keyed else ''}"
+                if store is not None else "off")
         typer.echo(f"modelfusion serving on http://{host}:{port}/ "
                    f"(auth {'on' if keyed else 'off'}; providers requests may name: {named}; "
-                   f"traces: {store.url}"
-                   f"{', each key reads its own' if keyed else ''})", err=True)
-        server = uvicorn.Server(uvicorn_config(app, settings, host=host, port=port,
-                                               log_level=log_level,
-                                               timeout_graceful_shutdown=10))
-        quiet()  # after uvicorn's Config has set its loggers up
-        server.run()
+                   f"traces: {kept}{per})", err=True)
+        if workers > 1:
+            if store is not None:
+                store.close()
+                store = None
+            app = ReplicaApp(cfg, settings, url if traces else None, store_prompts)
+            uv = uvicorn_config(app, settings, host=host, port=port, log_level=log_level,
+                                factory=True, timeout_graceful_shutdown=10)
+        else:
+            uv = uvicorn_config(create_app(cfg, store, settings), settings, host=host,
+                                port=port, log_level=log_level, timeout_graceful_shutdown=10)
+            quiet()  # after uvicorn's Config has set its loggers up
+        run(uv, workers)
     finally:
-        store.close()
+        if store is not None:
+            store.close()
 
 
 def register(app: typer.Typer) -> None:

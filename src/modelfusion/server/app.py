@@ -96,6 +96,8 @@ async def _unless_client_leaves(request: Request, work: Any) -> Any:
 def create_app(config: Config, store: TraceSink | None = None,
                settings: ServerSettings | None = None) -> FastAPI:
     settings = settings or ServerSettings()
+    if not settings.traces:  # `fusion serve --no-traces`
+        store = None
     gate = FusionGate(settings.max_concurrent, settings.retry_after_s,
                       max_body_bytes=settings.max_body_bytes,
                       body_timeout_s=settings.body_timeout_s)

@@ -49,6 +49,9 @@ class ServerSettings:
     # Web origins (scheme://host[:port]) whose pages may call the API: CORS for them, and
     # their POSTs are not refused as cross-site. Empty: no CORS (the default); "*": any.
     cors_origins: tuple[str, ...] = ()
+    # False: record no trace (the store given to create_app is ignored) and answer the
+    # traces API with 404 `traces_disabled`: a replica whose operator keeps logs elsewhere.
+    traces: bool = True
 
     def __post_init__(self) -> None:
         for name in ("max_concurrent", "max_body_bytes", "max_messages", "max_members",

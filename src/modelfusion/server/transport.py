@@ -13,18 +13,25 @@ descriptors until none were left and `/healthz` stopped answering (issue 12, ite
 soon as it is accepted. A body's pace is bounded in the app (`limits.read_body`).
 
 `uvicorn_config()` is what `fusion serve` and the tests run; `logs.quiet()` bounds what
-the logs can grow by.
+the logs can grow by. `run(config, workers)` serves it in this process or, with several
+workers, under uvicorn's own supervisor (`Multiprocess`: it spawns the workers, restarts
+one that dies, and passes SIGTERM on for a graceful stop). Each worker builds its own app
+(`ReplicaApp`), so everything in memory is per worker; only the trace store is shared.
 """
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.supervisors import Multiprocess
 
+from ..config import Config
+from .logs import quiet
 from .settings import ServerSettings
 
 HEADER_LIMIT_BYTES = 16 * 1024  # uvicorn's default, set here so that it is a decision
@@ -82,8 +89,59 @@ def protocol(settings: ServerSettings) -> type[H11Protocol]:
     return GuardedH11Protocol
 
 
+class FusionConfig(uvicorn.Config):
+    """uvicorn's Config with the guarded protocol. The protocol class is built from the
+    settings where the config is loaded (in each worker): a class made inside a function
+    cannot be pickled, and the supervisor pickles the config to hand it to a worker."""
+
+    def __init__(self, app: Any, settings: ServerSettings, **kwargs: Any) -> None:
+        super().__init__(app, http="h11", **kwargs)
+        self.fusion_settings = settings
+
+    def load(self) -> None:
+        super().load()
+        self.http_protocol_class = protocol(self.fusion_settings)
+
+
 def uvicorn_config(app: Any, settings: ServerSettings, *, host: str = "127.0.0.1",
-                   port: int = 8000, log_level: str = "info", **extra: Any) -> uvicorn.Config:
-    return uvicorn.Config(
-        app, host=host, port=port, log_level=log_level, http=protocol(settings),
-        timeout_keep_alive=5, h11_max_incomplete_event_size=HEADER_LIMIT_BYTES, **extra)
+                   port: int = 8000, log_level: str = "info", **extra: Any) -> FusionConfig:
+    return FusionConfig(
+        app, settings, host=host, port=port, log_level=log_level, timeout_keep_alive=5,
+        h11_max_incomplete_event_size=HEADER_LIMIT_BYTES, **extra)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaApp:
+    """The app factory a worker calls (uvicorn's `factory=True`): its own trace-store
+    connection (`db` None: no traces), provider pool and limits, from the config the
+    parent already read and checked."""
+
+    config: Config
+    settings: ServerSettings
+    db: str | None
+    store_prompts: bool = True
+
+    def __call__(self) -> Any:
+        from ..traces.store import TraceStore
+        from .app import create_app
+
+        # The parent opened (and migrated) this store already, so a bad URL stopped it
+        # before any worker started. Closed at exit (traces.store's atexit hook).
+        store = TraceStore.open(self.db, store_prompts=self.store_prompts) \
+            if self.db and self.settings.traces else None
+        quiet()  # uvicorn configured this worker's loggers just before calling us
+        return create_app(self.config, store, self.settings)
+
+
+def run(config: FusionConfig, workers: int = 1) -> None:
+    """Serve until stopped: in this process, or in `workers` processes sharing one
+    listening socket (the kernel spreads connections between them)."""
+    if workers == 1:
+        uvicorn.Server(config).run()
+        return
+    config.workers = workers
+    sock = config.bind_socket()
+    try:
+        Multiprocess(config, sockets=[sock]).run()
+    finally:
+        sock.close()
